@@ -1,0 +1,24 @@
+"""yolo-attention: trustworthy attention modules for YOLO detectors.
+
+``import yolo_attention`` registers every module and, when ultralytics is installed, makes
+them available to ultralytics model YAMLs.
+"""
+
+from .modules import BAM, SE, BiFormerBlock, BiLevelRoutingAttention, DoubleAttention, make_divisible
+from .registry import AttentionInfo, create_attention, get_attention_info, list_attention, register_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SE",
+    "DoubleAttention",
+    "BAM",
+    "BiLevelRoutingAttention",
+    "BiFormerBlock",
+    "AttentionInfo",
+    "create_attention",
+    "get_attention_info",
+    "list_attention",
+    "register_attention",
+    "make_divisible",
+]

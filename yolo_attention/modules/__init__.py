@@ -1,0 +1,18 @@
+"""Attention modules. Importing this package registers every built-in module."""
+
+from .bam import BAM
+from .biformer import BiFormerBlock, BiLevelRoutingAttention
+from .double_attention import DoubleAttention
+from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
+from .se import SE
+
+__all__ = [
+    "SE",
+    "DoubleAttention",
+    "BAM",
+    "BiLevelRoutingAttention",
+    "BiFormerBlock",
+    "LayerNorm2d",
+    "SafeBatchNorm2d",
+    "make_divisible",
+]
