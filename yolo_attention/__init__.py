@@ -9,6 +9,10 @@ from .registry import AttentionInfo, create_attention, get_attention_info, list_
 
 __version__ = "0.1.0"
 
+from .integrations.ultralytics import register as _register_ultralytics  # noqa: E402
+
+_register_ultralytics()
+
 __all__ = [
     "SE",
     "DoubleAttention",
