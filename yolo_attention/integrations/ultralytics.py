@@ -28,7 +28,7 @@ import torch.nn as nn
 from ..registry import AttentionInfo, add_registry_listener
 from .yaml_args import build_from_row
 
-__all__ = ["register", "is_registered", "yaml_entry", "yolo_main", "TASKS_MODULE"]
+__all__ = ["register", "is_registered", "ensure_registered", "yaml_entry", "yolo_main", "TASKS_MODULE"]
 
 TASKS_MODULE = "ultralytics.nn.tasks"
 _ENTRIES: dict[str, type] = {}  # yaml name -> factory class
@@ -100,6 +100,26 @@ def _install(tasks) -> None:
         )
     _safe_globals()
     add_registry_listener(lambda info: _install_one(tasks, info))
+    _add_default_callback()
+
+
+def ensure_registered(trainer=None) -> None:
+    """A trainer callback whose only job is to exist: see :func:`_add_default_callback`."""
+    register()
+
+
+def _add_default_callback() -> None:
+    # ultralytics' multi-GPU launcher cloudpickles the trainer's callbacks (with the model, which is only a
+    # YAML path when training from a YAML) into a fresh process. A callback defined here is pickled by
+    # reference, so unpickling it imports yolo_attention, which registers our YAML names before the child
+    # process builds the model.
+    try:
+        from ultralytics.utils.callbacks.base import default_callbacks
+    except ImportError:  # pragma: no cover - very old ultralytics
+        return
+    hooks = default_callbacks.setdefault("on_pretrain_routine_start", [])
+    if ensure_registered not in hooks:
+        hooks.append(ensure_registered)
 
 
 class _TasksImportHook(importlib.abc.MetaPathFinder):
