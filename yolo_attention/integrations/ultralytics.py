@@ -26,41 +26,18 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionInfo, add_registry_listener
-from .yaml_args import build_from_row
+from .yaml_args import make_yaml_entry
 
 __all__ = ["register", "is_registered", "ensure_registered", "yaml_entry", "yolo_main", "TASKS_MODULE"]
 
 TASKS_MODULE = "ultralytics.nn.tasks"
-_ENTRIES: dict[str, type] = {}  # yaml name -> factory class
 _LOCK = threading.Lock()
 _installed_into: set[int] = set()
 
 
 def yaml_entry(info: AttentionInfo) -> type:
-    """The factory class that a YAML name resolves to for ``info``'s module."""
-    entry = _ENTRIES.get(info.yaml_name)
-    if entry is not None and entry._attention_info.cls is info.cls:
-        return entry
-
-    def __new__(cls, *args, **kwargs):
-        if kwargs:
-            args = (*args, kwargs)
-        return build_from_row(cls._attention_info, args, builder="ultralytics parse_model")
-
-    entry = type(
-        info.yaml_name,
-        (nn.Module,),
-        {
-            "__new__": __new__,
-            # shown by ultralytics' model summary (str(m)[8:-2]): the real class path
-            "__module__": info.cls.__module__,
-            "__qualname__": info.cls.__qualname__,
-            "__doc__": f"YAML factory for {info.cls.__qualname__}; instances are {info.cls.__qualname__}.",
-            "_attention_info": info,
-        },
-    )
-    _ENTRIES[info.yaml_name] = entry
-    return entry
+    """The factory class that an ultralytics YAML name resolves to for ``info``'s module."""
+    return make_yaml_entry(info, builder="ultralytics parse_model")
 
 
 def _safe_globals(info: AttentionInfo | None = None) -> None:

@@ -25,7 +25,7 @@ import torch.nn as nn
 from ..modules.gated import GatedAttention
 from ..registry import AttentionInfo
 
-__all__ = ["build_from_row", "find_builder_frame", "BuilderInternalsChanged"]
+__all__ = ["build_from_row", "make_yaml_entry", "find_builder_frame", "BuilderInternalsChanged"]
 
 RESERVED = ("channels", "gated")
 
@@ -99,3 +99,38 @@ def build_from_row(info: AttentionInfo, args: tuple, builder: str = "parse_model
         raise TypeError(f"{name}: bad YAML arguments {args + ([kwargs] if kwargs else [])}: {e}; accepts {params}") from None
     module = cls(c_in, *args, **kwargs)
     return GatedAttention(module, c_in) if gated else module
+
+
+_ENTRIES: dict[tuple[str, str], type] = {}  # (builder, yaml name) -> factory class
+
+
+def make_yaml_entry(info: AttentionInfo, builder: str) -> type:
+    """A class to bind under ``info.yaml_name`` in a model builder's namespace.
+
+    It is an ``nn.Module`` subclass (restricted loaders accept only those) whose construction
+    returns the real module built by :func:`build_from_row`; its ``__module__``/``__qualname__``
+    are the real class's, so model summaries print the real class path.
+    """
+    key = (builder, info.yaml_name)
+    entry = _ENTRIES.get(key)
+    if entry is not None and entry._attention_info.cls is info.cls:
+        return entry
+
+    def __new__(cls, *args, **kwargs):
+        if kwargs:
+            args = (*args, kwargs)
+        return build_from_row(cls._attention_info, args, builder=builder)
+
+    entry = type(
+        info.yaml_name,
+        (nn.Module,),
+        {
+            "__new__": __new__,
+            "__module__": info.cls.__module__,
+            "__qualname__": info.cls.__qualname__,
+            "__doc__": f"YAML factory for {info.cls.__qualname__}; instances are {info.cls.__qualname__}.",
+            "_attention_info": info,
+        },
+    )
+    _ENTRIES[key] = entry
+    return entry
