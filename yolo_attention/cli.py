@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("yolo_attention.cli", "list_main", "list registered attention modules"),
     "bench": ("yolo_attention.bench", "main", "params, FLOPs, time and memory of each module at YOLO shapes"),
     "yaml": ("yolo_attention.integrations.yaml_gen", "main", "write a model YAML with attention inserted"),
+    "cost": ("yolo_attention.integrations.cost", "main", "params and FLOPs of a detector, attention ops included"),
     "yolo": ("yolo_attention.integrations.ultralytics", "yolo_main", "ultralytics' `yolo` command with our modules"),
     "ablate": ("yolo_attention.ablate", "main", "train variants side by side and report accuracy and cost"),
     "data": ("yolo_attention.data", "main", "generate the embedded synthetic detection dataset"),

@@ -77,6 +77,9 @@ def _install(tasks) -> None:
         )
     _safe_globals()
     add_registry_listener(lambda info: _install_one(tasks, info))
+    from .blocks import install_blocks
+
+    install_blocks(tasks)  # YOLOv7's channel-changing blocks (ELAN, MPDown, SPPCSPC, RepConv7)
     _add_default_callback()
 
 

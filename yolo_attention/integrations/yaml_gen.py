@@ -44,6 +44,8 @@ FAMILIES = {
     "yolo11": "yolo11n",
     "yolo12": "yolo12n",
     "yolo26": "yolo26n",
+    "yolov7": "yolov7",  # shipped here (yolo_attention/cfg): YOLOv7 blocks with ultralytics' Detect head
+    "yolov7-tiny": "yolov7-tiny",
 }
 
 
@@ -160,6 +162,10 @@ def load_model_yaml(model: str | Path) -> tuple[dict, str]:
             raise FileNotFoundError(f"model YAML {p} does not exist")
         return yaml_model_load(p), p.stem
     name = _normalise_model_name(p.name)
+    from ..cfg import CFG_DIR
+
+    if (CFG_DIR / f"{name}.yaml").exists():  # configs shipped with yolo-attention (YOLOv7)
+        return yaml_model_load(CFG_DIR / f"{name}.yaml"), name
     try:
         d = yaml_model_load(f"{name}.yaml")
     except (FileNotFoundError, AttributeError, TypeError) as e:
