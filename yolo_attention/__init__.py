@@ -13,6 +13,10 @@ from .integrations.ultralytics import register as _register_ultralytics  # noqa:
 
 _register_ultralytics()
 
+from .integrations.classic import install_import_hook as _hook_classic  # noqa: E402
+
+_hook_classic()  # the `yolov5` package's models.yolo, when (and if) it is imported
+
 __all__ = [
     "SE",
     "DoubleAttention",
