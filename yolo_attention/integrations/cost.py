@@ -71,9 +71,11 @@ def ultralytics_gflops(model: nn.Module, imgsz: int = 640) -> tuple[float, str]:
     """ultralytics' GFLOPs figure for ``model``, and how it was obtained.
 
     ``ultralytics.utils.torch_utils.get_flops`` returns 0.0 whenever its thop call fails (for
-    example ultralytics 8.4.190 passes ``stride=`` that ultralytics-thop 2.2.3 does not
-    accept). Then the figure is computed the way earlier ultralytics releases did: thop on a
-    stride-sized image, scaled to ``imgsz`` (the same multiply-add x 2 convention).
+    example ultralytics 8.4.190 passes ``stride=``, which the unrelated ``thop`` package, a
+    dependency of the classic ``yolov5`` package that installs over ultralytics-thop's module
+    of the same name, does not accept). Then the figure is computed the way earlier
+    ultralytics releases did: thop on a stride-sized image, scaled to ``imgsz`` (the same
+    multiply-add x 2 convention).
     """
     try:
         from ultralytics.utils.torch_utils import get_flops
