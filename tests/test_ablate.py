@@ -97,7 +97,7 @@ def test_resume_reruns_nothing(first_run, capsys):
 @pytest.mark.slow
 def test_changed_settings_in_same_out_are_refused(first_run, capsys):
     _, out = first_run
-    rc, _, err = _run(["--attn", "none,se", "--out", str(out), *TINY[:-2], "--device", "cpu", "lr0=0.02"], capsys)
+    rc, _, err = _run(["--attn", "none,se", "--out", str(out), *TINY[:-2], "--device", "cpu", "lr0=0.03"], capsys)
     assert rc == 2 and "other settings" in err and "train_args" in err
 
 
