@@ -22,6 +22,7 @@ __all__ = [
     "list_attention",
     "get_attention_info",
     "add_registry_listener",
+    "unregister_attention",
 ]
 
 KINDS = ("channel", "spatial", "hybrid", "global-context", "sparse-attention", "custom")
@@ -95,17 +96,31 @@ def register_attention(
         class ECA(nn.Module):
             def __init__(self, channels: int, k_size: int = 3): ...
     """
+    if isinstance(name, type):  # used bare, as ``@register_attention`` without parentheses
+        return register_attention(
+            None, kind=kind, paper=paper, arxiv=arxiv, aliases=aliases, override=override, _builtin=_builtin
+        )(name)
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"register_attention: argument 'name' must be a string or None, got {name!r}")
     if kind not in KINDS:
         raise ValueError(f"register_attention: argument 'kind' must be one of {KINDS}, got {kind!r}")
+    if isinstance(aliases, str):  # a single alias, not its characters
+        aliases = (aliases,)
+    aliases = tuple(aliases)
+    bad = [a for a in aliases if not isinstance(a, str) or not _normalise(a)]
+    if bad:
+        raise ValueError(f"register_attention: argument 'aliases' must be non-empty names, got {bad!r}")
 
     def decorator(cls):
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise TypeError(f"register_attention: expected an nn.Module subclass, got {cls!r}")
         params = [p for p in inspect.signature(cls.__init__).parameters.values()][1:]
-        if not params or params[0].name != "channels":
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if not params or params[0].name != "channels" or params[0].kind not in positional:
+            got = f"{params[0].name!r} ({params[0].kind.description})" if params else "no arguments"
             raise TypeError(
-                f"register_attention: {cls.__name__}.__init__ must take 'channels' as its first argument "
-                f"(got {[p.name for p in params[:1]] or 'no arguments'})"
+                f"register_attention: {cls.__name__}.__init__ must take 'channels' as its first positional "
+                f"argument, got {got}"
             )
         canonical = _normalise(name or cls.__name__)
         if not canonical:
@@ -118,11 +133,10 @@ def register_attention(
                     f"register_attention: name(s) {clashes} already belong to "
                     f"{[_REGISTRY[_LOOKUP[k]].cls.__name__ for k in clashes]}; pass override=True to replace"
                 )
-        else:
-            for k in keys:  # drop stale aliases of a replaced entry
-                old = _LOOKUP.get(k)
-                if old is not None and old != canonical:
-                    _REGISTRY.pop(old, None)
+        # Replace every entry that one of the new keys points to, with all its aliases, so that no
+        # alias is left pointing at a removed entry (or silently at the new class).
+        for old in {_LOOKUP[k] for k in keys if k in _LOOKUP}:
+            _remove(old)
         info = AttentionInfo(
             name=canonical,
             cls=cls,
@@ -140,6 +154,24 @@ def register_attention(
         return cls
 
     return decorator
+
+
+def _remove(canonical: str) -> AttentionInfo | None:
+    info = _REGISTRY.pop(canonical, None)
+    for k in [k for k, v in _LOOKUP.items() if v == canonical]:
+        del _LOOKUP[k]
+    return info
+
+
+def unregister_attention(name: str | type) -> AttentionInfo:
+    """Remove a module (by name, alias or class) from the registry and return its entry.
+
+    Meant for tests and interactive sessions that redefine a module. Integrations that already
+    received the module through a listener (e.g. names injected into ultralytics) keep their copy.
+    """
+    info = get_attention_info(name)
+    _remove(info.name)
+    return info
 
 
 def get_attention_info(name: str | type) -> AttentionInfo:

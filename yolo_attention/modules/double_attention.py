@@ -14,7 +14,8 @@ For x in R^{N x C x H x W}, with L = H*W positions and three 1x1 convolutions:
                            G holds c_n global descriptors, second-order attention pooling)
     Feature distribution  Z = G . softmax_{c_n}(V)        in R^{N x c_m x L}
                           (each position mixes the c_n descriptors with weights summing to 1)
-    Reconstruction        y = x + W_r Z                   (1x1 conv c_m -> C, residual)
+    Reconstruction        y = x + W_r Z                   (1x1 conv c_m -> C, residual;
+                                                           computed as (W_r G) softmax(V))
 
 All products are per image (batched matmuls over N); no statistic mixes images of a batch.
 Softmaxes are computed in float32, so float16/bfloat16 inputs do not overflow. ``W_r`` is
@@ -93,8 +94,18 @@ class DoubleAttention(nn.Module):
         attn_maps = torch.softmax(b, dim=2, dtype=torch.float32).to(a.dtype)  # over the L positions
         attn_vecs = torch.softmax(v, dim=1, dtype=torch.float32).to(a.dtype)  # over the c_n descriptors
         g = torch.bmm(a, attn_maps.transpose(1, 2))  # N, c_m, c_n  (gathering)
-        z = torch.bmm(g, attn_vecs)  # N, c_m, L  (distribution)
-        out = self.reconstruct(z.reshape(n, self.c_m, h, w))
+        # Distribution and reconstruction, W_r (G softmax(V)) + b_r, associated as (W_r G) softmax(V) + b_r:
+        # the 1x1 conv is a matrix product, so this is the same map with fewer multiply-adds when L > C,
+        # and it avoids a conv on a reshaped bmm output, which torch.compile (inductor, dynamic shapes)
+        # fails to compile ("cannot determine truth value of Relational").
+        w_r = self.reconstruct.weight.flatten(1).to(g.dtype)  # C, c_m
+        g = torch.matmul(w_r, g)  # N, C, c_n
+        bias = self.reconstruct.bias
+        if bias is None:
+            out = torch.bmm(g, attn_vecs)
+        else:
+            out = torch.baddbmm(bias.to(g.dtype).view(1, -1, 1), g, attn_vecs)  # N, C, L
+        out = out.reshape(n, self.channels, h, w)
         return x + out if self.residual else out
 
     def extra_repr(self) -> str:

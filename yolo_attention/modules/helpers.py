@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import operator
 from typing import Callable
 
 import torch
@@ -33,9 +35,14 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, rou
 
 
 def check_channels(module: str, channels) -> int:
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+    """``channels`` as a Python int (NumPy/torch integer scalars accepted); bools and non-integers rejected."""
+    try:
+        value = None if isinstance(channels, bool) else operator.index(channels)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
         raise ValueError(f"{module}: argument 'channels' must be a positive int, got {channels!r}")
-    return channels
+    return value
 
 
 def check_positive(module: str, arg: str, value, integer: bool = True):
@@ -89,10 +96,12 @@ _NAMED_LAYERS: dict[str, Callable[[], nn.Module]] = {
 def resolve_layer(module: str, arg: str, layer) -> Callable[[], nn.Module]:
     """Accept an ``nn.Module`` class, a zero-argument factory, or a name such as ``"silu"``."""
     if isinstance(layer, str):
-        key = layer.lower()
+        key = layer.lower().replace("-", "_")
         if key not in _NAMED_LAYERS:
             raise ValueError(f"{module}: argument '{arg}' must be one of {sorted(_NAMED_LAYERS)} or a class, got {layer!r}")
         return _NAMED_LAYERS[key]
+    if isinstance(layer, nn.Module):  # an instance such as nn.SiLU(): every use gets its own copy
+        return lambda: copy.deepcopy(layer)
     if callable(layer):
         return layer
     raise ValueError(f"{module}: argument '{arg}' must be a layer class or name, got {layer!r}")
@@ -109,6 +118,9 @@ class SafeBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            if self.running_mean is None:  # track_running_stats=False: a single value normalises to 0
+                out = x - x  # zero, with a (zero) gradient path so every parameter gets a gradient (DDP)
+                return out if self.weight is None else out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         return super().forward(x)
 
@@ -119,7 +131,9 @@ class LayerNorm2d(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        # contiguous: a conv fed the permuted (NHWC-strided) view fails to compile under
+        # torch.compile with dynamic shapes ("cannot determine truth value of Relational")
+        return x.permute(0, 3, 1, 2).contiguous()
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
