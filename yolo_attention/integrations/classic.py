@@ -34,7 +34,8 @@ import warnings
 from pathlib import Path
 
 from ..registry import AttentionInfo, add_registry_listener, get_attention_info
-from .yaml_args import make_yaml_entry
+from .yaml_args import bind_yaml_entry
+from .yaml_gen import dump_model_yaml
 
 __all__ = [
     "BUILDER",
@@ -57,16 +58,7 @@ _LOCK = threading.Lock()
 
 
 def _bind(module: types.ModuleType, info: AttentionInfo) -> None:
-    name = info.yaml_name
-    existing = module.__dict__.get(name)
-    if existing is not None and getattr(existing, "_attention_info", None) is None:
-        warnings.warn(
-            f"yolo_attention: {module.__name__} already defines {name!r}; our {info.cls.__qualname__} is not "
-            f"available under that YAML name there (the repository's own {name} is used)",
-            stacklevel=2,
-        )
-        return
-    module.__dict__[name] = make_yaml_entry(info, builder=BUILDER)
+    bind_yaml_entry(module, info, builder=BUILDER)
 
 
 def register_classic(module: types.ModuleType | str) -> types.ModuleType:
@@ -256,53 +248,9 @@ def load_classic_yaml(model: str | os.PathLike) -> tuple[dict, str]:
     return d, p.stem
 
 
-def _flow(v) -> str:
-    import yaml
-
-    text = yaml.safe_dump(v, default_flow_style=True, width=10_000)
-    return text.removesuffix("\n...\n").strip()
-
-
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii")
-
-
 def dump_classic_yaml(d: dict, path: str | os.PathLike, header: str = "") -> Path:
-    """Write model dict ``d`` in the classic repositories' layout (one flow-style row per line).
-
-    ASCII only: the classic repositories read model YAMLs with ``encoding='ascii', errors='ignore'``.
-    """
-    path = Path(path)
-    lines = [_ascii(f"# {line}".rstrip()) for line in header.splitlines()] if header else []
-    for k, v in d.items():
-        if k in ("backbone", "head", "yaml_file"):
-            continue
-        if k == "anchors" and isinstance(v, list) and v and all(isinstance(a, list) for a in v):
-            lines.append("anchors:")
-            lines += [f"  - {_flow(a)}" for a in v]
-        elif isinstance(v, dict):
-            lines.append(f"{_flow(k)}:")
-            lines += [f"  {_flow(kk)}: {_flow(vv)}" for kk, vv in v.items()]
-        else:
-            lines.append(f"{_flow(k)}: {_flow(v)}")
-    i = 0
-    for part in ("backbone", "head"):
-        rows = d[part]
-        lines.append("")
-        lines.append(f"{part}:")
-        lines.append("  # [from, number, module, args]")
-        if not rows:
-            lines.append("  []")
-            continue
-        for j, row in enumerate(rows):
-            open_ = "[" if j == 0 else " "
-            lines.append(f"  {open_}{_flow(row)},  # {i}")
-            i += 1
-        lines.append("  ]")
-    text = _ascii("\n".join(lines) + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="ascii")
-    return path
+    """Write model dict ``d`` in the classic repositories' layout (ASCII, rows in a bracketed list)."""
+    return dump_model_yaml(d, path, header, classic=True)
 
 
 def make_classic_yaml(

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionInfo, add_registry_listener
-from .yaml_args import make_yaml_entry
+from .yaml_args import bind_yaml_entry, make_yaml_entry
 
 __all__ = ["register", "is_registered", "ensure_registered", "yaml_entry", "yolo_main", "TASKS_MODULE"]
 
@@ -51,19 +51,8 @@ def _safe_globals(info: AttentionInfo | None = None) -> None:
 
 
 def _install_one(tasks, info: AttentionInfo) -> None:
-    name = info.yaml_name
-    existing = tasks.__dict__.get(name)
-    if existing is not None and getattr(existing, "_attention_info", None) is None:
-        import warnings
-
-        warnings.warn(
-            f"yolo_attention: ultralytics already defines {name!r}; our {info.cls.__qualname__} is not available "
-            f"under that YAML name (rename the class to use it in YAMLs)",
-            stacklevel=3,
-        )
-        return
-    tasks.__dict__[name] = yaml_entry(info)
-    _safe_globals(info)
+    if bind_yaml_entry(tasks, info, builder="ultralytics parse_model"):
+        _safe_globals(info)
 
 
 def _install(tasks) -> None:

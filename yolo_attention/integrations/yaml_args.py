@@ -25,7 +25,7 @@ import torch.nn as nn
 from ..modules.gated import GatedAttention
 from ..registry import AttentionInfo
 
-__all__ = ["build_from_row", "make_yaml_entry", "find_builder_frame", "BuilderInternalsChanged"]
+__all__ = ["build_from_row", "make_yaml_entry", "bind_yaml_entry", "find_builder_frame", "BuilderInternalsChanged"]
 
 RESERVED = ("channels", "gated")
 
@@ -134,3 +134,24 @@ def make_yaml_entry(info: AttentionInfo, builder: str) -> type:
     )
     _ENTRIES[key] = entry
     return entry
+
+
+def bind_yaml_entry(namespace, info: AttentionInfo, builder: str) -> bool:
+    """Bind ``info``'s YAML name in a builder's module namespace, unless the builder defines that name.
+
+    A name the detector code base already uses for its own class is never overwritten (a warning
+    says ours is unavailable under it there). Returns whether the name now resolves to our module.
+    """
+    name = info.yaml_name
+    existing = namespace.__dict__.get(name)
+    if existing is not None and getattr(existing, "_attention_info", None) is None:
+        import warnings
+
+        warnings.warn(
+            f"yolo_attention: {namespace.__name__} already defines {name!r}; our {info.cls.__qualname__} is not "
+            f"available under that YAML name there (its own {name} is used; rename the class to use ours)",
+            stacklevel=3,
+        )
+        return False
+    namespace.__dict__[name] = make_yaml_entry(info, builder=builder)
+    return True

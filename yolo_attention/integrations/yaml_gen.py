@@ -175,31 +175,57 @@ def load_model_yaml(model: str | Path) -> tuple[dict, str]:
     return d, name
 
 
-def dump_model_yaml(d: dict, path: str | Path, header: str = "") -> Path:
+def _flow(v) -> str:
     import yaml
 
-    path = Path(path)
-    lines = [f"# {line}" for line in header.splitlines()] if header else []
-    def flow(v) -> str:
-        text = yaml.safe_dump(v, default_flow_style=True, width=10_000)
-        return text.removesuffix("\n...\n").strip()  # scalars end with a document-end marker
+    text = yaml.safe_dump(v, default_flow_style=True, width=10_000)
+    return text.removesuffix("\n...\n").strip()  # scalars end with a document-end marker
 
+
+def dump_model_yaml(d: dict, path: str | Path, header: str = "", classic: bool = False) -> Path:
+    """Write model dict ``d`` with one flow-style row per line.
+
+    ``classic=True`` writes the classic YOLOv5/v7/v9 repositories' layout: each part a bracketed
+    list of rows, ASCII only (they read model YAMLs with ``encoding='ascii', errors='ignore'``),
+    and ``scale`` kept (ultralytics derives it from the file name instead).
+    """
+    path = Path(path)
+    skip = ("backbone", "head", "yaml_file") if classic else ("backbone", "head", "yaml_file", "scale")
+    lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
     for k, v in d.items():
-        if k in ("backbone", "head", "yaml_file", "scale"):  # ultralytics derives 'scale' from the file name
+        if k in skip:
             continue
-        if isinstance(v, dict):
-            lines.append(f"{k}:")
-            lines += [f"  {flow(kk)}: {flow(vv)}" for kk, vv in v.items()]
+        if k == "anchors" and isinstance(v, list) and v and all(isinstance(a, list) for a in v):
+            lines.append("anchors:")
+            lines += [f"  - {_flow(a)}" for a in v]
+        elif isinstance(v, dict):
+            lines.append(f"{_flow(k)}:")
+            lines += [f"  {_flow(kk)}: {_flow(vv)}" for kk, vv in v.items()]
         else:
-            lines.append(f"{k}: {flow(v)}")
+            lines.append(f"{_flow(k)}: {_flow(v)}")
     i = 0
     for part in ("backbone", "head"):
-        lines.append(f"{part}:")
-        for row in d[part]:
-            lines.append(f"  - {flow(row)}  # {i}")
-            i += 1
+        rows = d[part]
+        if classic:
+            lines += ["", f"{part}:", "  # [from, number, module, args]"]
+            if not rows:
+                lines.append("  []")
+                continue
+            for j, row in enumerate(rows):
+                lines.append(f"  {'[' if j == 0 else ' '}{_flow(row)},  # {i}")
+                i += 1
+            lines.append("  ]")
+        else:
+            lines.append(f"{part}:")
+            for row in rows:
+                lines.append(f"  - {_flow(row)}  # {i}")
+                i += 1
+    text = "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    if classic:
+        path.write_text(text.encode("ascii", "replace").decode("ascii"), encoding="ascii")
+    else:
+        path.write_text(text)
     return path
 
 
