@@ -232,3 +232,21 @@ def test_yaml_cli_writes_file_and_reports_errors(tmp_path, capsys):
     assert "unknown place 'head'" in capsys.readouterr().err
     assert main(["yolov99z", "--attn", "se"]) == 2
     assert "unknown model 'yolov99z'" in capsys.readouterr().err
+
+
+def test_changed_builder_internals_fail_clearly():
+    """If a parse_model no longer keeps 'ch'/'f' as locals, channel inference says so instead of guessing."""
+    from yolo_attention.integrations.yaml_args import BuilderInternalsChanged, make_yaml_entry
+
+    entry = make_yaml_entry(yolo_attention.get_attention_info("se"), builder="test parse_model")
+
+    def parse_model(rows):  # a builder whose bookkeeping has other names
+        channels = [3, 16]
+        return [entry(*args) for args in rows]
+
+    with pytest.raises(BuilderInternalsChanged, match=r"SE: cannot infer input channels.*'ch'.*'f'"):
+        parse_model([[0.25]])
+    # outside any builder, the entry is the plain constructor and needs explicit channels
+    assert entry(32, 0.25).channels == 32
+    with pytest.raises(TypeError, match="SE: missing argument 'channels'"):
+        entry(0.25)
