@@ -169,3 +169,16 @@ def test_checkpoint_model_builds_gated_variants_up_front(first_run, capsys):
     out2 = out.parent / "pt-bad"
     rc, _, err = _run(["--model", str(pt), "--attn", "none,bra:num_heads=3", "--out", str(out2), *TINY], capsys)
     assert rc == 2 and "num_heads" in err and not (out2 / "runs").exists()
+
+
+@pytest.mark.parametrize("model", ["yolov8n", "yolov7-tiny"])
+def test_every_variant_builds_for_bundled_and_shipped_configs(model, tmp_path):
+    """The baseline of a config shipped with yolo-attention (YOLOv7) resolves to our file, not ultralytics'."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_attention.ablate import _build_variant, parse_variants
+
+    for v in parse_variants("none,se"):
+        _, det, cfg = _build_variant(model, v, "neck", nc=4, yaml_out=tmp_path / f"{model}-{v.dirname}.yaml")
+        assert isinstance(det, DetectionModel) and det.yaml["nc"] == 4
+        assert DetectionModel(cfg, nc=4, verbose=False).yaml["backbone"] == det.yaml["backbone"]

@@ -256,8 +256,11 @@ def _build_variant(model: str, v: Variant, at: str, nc: int | None, yaml_out: Pa
             add_attention(yolo, v.attn, at=at, gated=True, **v.kwargs)
         return yolo, yolo.model, yolo
     if v.attn == BASELINE:
+        from .cfg import CFG_DIR
+
         d, stem = load_model_yaml(model)
-        cfg = str(model) if str(model).endswith((".yaml", ".yml")) else f"{stem}.yaml"
+        shipped = CFG_DIR / f"{stem}.yaml"  # configs that ship with yolo-attention (YOLOv7) are not ultralytics'
+        cfg = str(model) if str(model).endswith((".yaml", ".yml")) else str(shipped) if shipped.exists() else f"{stem}.yaml"
     else:
         if yaml_out is None:
             import tempfile
