@@ -28,10 +28,8 @@ Writes ``benchmarks/results/biformer_{device}.json`` and ``.md`` (``--tag`` appe
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from official_bra import OfficialBRA  # noqa: E402
 
+from yolo_attention.bench import machine_info  # noqa: E402
 from yolo_attention.modules.biformer import BiLevelRoutingAttention  # noqa: E402
 
 DEFAULT_SHAPES = {
@@ -64,30 +63,11 @@ MODES = {
 
 
 def machine_description(device: str) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    """The package's machine description, with this script's key for the load at start."""
+    info = machine_info(device)
+    info["date_utc"] = info["date_utc"].removesuffix(" UTC")  # the report appends " UTC"
+    if "load_average_1m_5m_15m" in info:
+        info["load_average_at_start"] = info.pop("load_average_1m_5m_15m")
     return info
 
 
