@@ -370,18 +370,9 @@ def _measure_cost(det, imgsz: int, batch: int, device) -> dict:
         out["gflops"] = None
         out["flops_error"] = f"{type(e).__name__}: {e}"
     try:
-        from ultralytics.utils.torch_utils import get_flops
+        from .integrations.cost import ultralytics_gflops
 
-        g = float(get_flops(m, imgsz))
-        if not g:
-            # this ultralytics' get_flops calls thop.profile with keywords an older ultralytics-thop lacks and then
-            # returns 0.0; count with the same counter directly, at the full image size (FLOPs = 2 x MACs, as it does)
-            import thop
-            import torch
-
-            im = torch.zeros(1, 3, imgsz, imgsz, device=next(m.parameters()).device)
-            g = thop.profile(copy.deepcopy(m), inputs=[im], verbose=False)[0] / 1e9 * 2
-        out["gflops_ultralytics"] = g
+        out["gflops_ultralytics"], out["gflops_ultralytics_method"] = ultralytics_gflops(m, imgsz)
     except Exception as e:  # noqa: BLE001
         out["gflops_ultralytics"] = None
         out["ultralytics_flops_error"] = f"{type(e).__name__}: {e}"

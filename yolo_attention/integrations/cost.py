@@ -73,9 +73,8 @@ def ultralytics_gflops(model: nn.Module, imgsz: int = 640) -> tuple[float, str]:
     ``ultralytics.utils.torch_utils.get_flops`` returns 0.0 whenever its thop call fails (for
     example ultralytics 8.4.190 passes ``stride=``, which the unrelated ``thop`` package, a
     dependency of the classic ``yolov5`` package that installs over ultralytics-thop's module
-    of the same name, does not accept). Then the figure is computed the way earlier
-    ultralytics releases did: thop on a stride-sized image, scaled to ``imgsz`` (the same
-    multiply-add x 2 convention).
+    of the same name, does not accept). Then thop, the counter behind that figure, is run
+    directly on a full ``imgsz`` image (FLOPs = 2 x MACs, as ultralytics reports them).
     """
     try:
         from ultralytics.utils.torch_utils import get_flops
@@ -91,10 +90,9 @@ def ultralytics_gflops(model: nn.Module, imgsz: int = 640) -> tuple[float, str]:
     except ImportError:
         return 0.0, "unavailable (thop not installed)"
     p = next(model.parameters())
-    stride = max(int(model.stride.max()), 32) if hasattr(model, "stride") else 32
-    im = torch.empty((1, p.shape[1] if p.dim() == 4 else 3, stride, stride), device=p.device, dtype=p.dtype)
+    im = torch.zeros((1, 3, imgsz, imgsz), device=p.device, dtype=p.dtype)
     macs = thop.profile(copy.deepcopy(model), inputs=[im], verbose=False)[0]
-    return float(macs / 1e9 * 2 * (imgsz / stride) ** 2), "thop at stride size, scaled"
+    return float(macs / 1e9 * 2), "thop at full size"
 
 
 def _attention_classes() -> tuple[type, ...]:
