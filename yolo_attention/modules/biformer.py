@@ -203,6 +203,11 @@ except ImportError:  # pragma: no cover - depends on the installation
 if triton is not None:
 
     @triton.jit
+    def _tile(X, row, s_row, offs_t, s_t, hh, s_h, offs_d):
+        """Pointers to a (tokens x head_dim) tile: region ``row``, tokens ``offs_t``, head ``hh``."""
+        return X + row * s_row + offs_t[:, None] * s_t + hh * s_h + offs_d[None, :]
+
+    @triton.jit
     def _key_mask(offs_n, r, T, R, NW, RH, RW, H, W, PADDED: tl.constexpr):
         nmask = offs_n < T
         if PADDED:  # key token t of region r lies at row (r // NW) * RH + t // RW, col (r % NW) * RW + t % RW
@@ -226,7 +231,7 @@ if triton is not None:
         dmask = offs_d < HD
         mmask = offs_m < T
         qmask = mmask[:, None] & dmask[None, :]
-        q = tl.load(Q + b * sqb + offs_m[:, None] * sqt + hh * sqh + offs_d[None, :], mask=qmask, other=0.0)
+        q = tl.load(_tile(Q, b, sqb, offs_m, sqt, hh, sqh, offs_d), mask=qmask, other=0.0)
         m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -236,8 +241,8 @@ if triton is not None:
                 offs_n = n0 + tl.arange(0, BLOCK_N)
                 nmask = _key_mask(offs_n, r, T, R, NW, RH, RW, H, W, PADDED)
                 kvmask = nmask[:, None] & dmask[None, :]
-                k = tl.load(K + r * skb + offs_n[:, None] * skt + hh * skh + offs_d[None, :], mask=kvmask, other=0.0)
-                v = tl.load(V + r * svb + offs_n[:, None] * svt + hh * svh + offs_d[None, :], mask=kvmask, other=0.0)
+                k = tl.load(_tile(K, r, skb, offs_n, skt, hh, skh, offs_d), mask=kvmask, other=0.0)
+                v = tl.load(_tile(V, r, svb, offs_n, svt, hh, svh, offs_d), mask=kvmask, other=0.0)
                 s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
                 s = tl.where(nmask[None, :], s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -247,7 +252,7 @@ if triton is not None:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
                 m_i = m_new
         o = acc / l_i[:, None]  # every region holds a real token: l_i > 0
-        tl.store(O + b * sob + offs_m[:, None] * sot + hh * soh + offs_d[None, :], o.to(O.dtype.element_ty), mask=qmask)
+        tl.store(_tile(O, b, sob, offs_m, sot, hh, soh, offs_d), o.to(O.dtype.element_ty), mask=qmask)
         tl.store(LSE + (b * heads + hh) * T + offs_m, m_i + tl.log(l_i), mask=mmask)
 
     @triton.jit
@@ -266,8 +271,8 @@ if triton is not None:
         dmask = offs_d < HD
         mmask = offs_m < T
         qmask = mmask[:, None] & dmask[None, :]
-        q = tl.load(Q + b * sqb + offs_m[:, None] * sqt + hh * sqh + offs_d[None, :], mask=qmask, other=0.0)
-        do = tl.load(DO + b * sdb + offs_m[:, None] * sdt + hh * sdh + offs_d[None, :], mask=qmask, other=0.0)
+        q = tl.load(_tile(Q, b, sqb, offs_m, sqt, hh, sqh, offs_d), mask=qmask, other=0.0)
+        do = tl.load(_tile(DO, b, sdb, offs_m, sdt, hh, sdh, offs_d), mask=qmask, other=0.0)
         lse = tl.load(LSE + (b * heads + hh) * T + offs_m, mask=mmask, other=0.0)
         delta = tl.load(DELTA + (b * heads + hh) * T + offs_m, mask=mmask, other=0.0)
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -277,15 +282,15 @@ if triton is not None:
                 offs_n = n0 + tl.arange(0, BLOCK_N)
                 nmask = _key_mask(offs_n, r, T, R, NW, RH, RW, H, W, PADDED)
                 kvmask = nmask[:, None] & dmask[None, :]
-                k = tl.load(K + r * skb + offs_n[:, None] * skt + hh * skh + offs_d[None, :], mask=kvmask, other=0.0)
-                v = tl.load(V + r * svb + offs_n[:, None] * svt + hh * svh + offs_d[None, :], mask=kvmask, other=0.0)
+                k = tl.load(_tile(K, r, skb, offs_n, skt, hh, skh, offs_d), mask=kvmask, other=0.0)
+                v = tl.load(_tile(V, r, svb, offs_n, svt, hh, svh, offs_d), mask=kvmask, other=0.0)
                 s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
                 p = tl.where(nmask[None, :], tl.exp(s - lse[:, None]), 0.0)
                 dp = tl.dot(do, tl.trans(v), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
         dq = dq * scale
-        tl.store(DQ + b * sgb + offs_m[:, None] * sgt + hh * sgh + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qmask)
+        tl.store(_tile(DQ, b, sgb, offs_m, sgt, hh, sgh, offs_d), dq.to(DQ.dtype.element_ty), mask=qmask)
 
     @triton.jit
     def _bra_bwd_dkdv(
@@ -303,8 +308,8 @@ if triton is not None:
         dmask = offs_d < HD
         nmask = _key_mask(offs_n, r, T, R, NW, RH, RW, H, W, PADDED)
         kvmask = nmask[:, None] & dmask[None, :]
-        k = tl.load(K + r * skb + offs_n[:, None] * skt + hh * skh + offs_d[None, :], mask=kvmask, other=0.0)
-        v = tl.load(V + r * svb + offs_n[:, None] * svt + hh * svh + offs_d[None, :], mask=kvmask, other=0.0)
+        k = tl.load(_tile(K, r, skb, offs_n, skt, hh, skh, offs_d), mask=kvmask, other=0.0)
+        v = tl.load(_tile(V, r, svb, offs_n, svt, hh, svh, offs_d), mask=kvmask, other=0.0)
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         for e in range(tl.load(PTR + r), tl.load(PTR + r + 1)):
@@ -313,8 +318,8 @@ if triton is not None:
                 offs_m = m0 + tl.arange(0, BLOCK_M)
                 mmask = offs_m < T
                 qmask = mmask[:, None] & dmask[None, :]
-                q = tl.load(Q + b * sqb + offs_m[:, None] * sqt + hh * sqh + offs_d[None, :], mask=qmask, other=0.0)
-                do = tl.load(DO + b * sdb + offs_m[:, None] * sdt + hh * sdh + offs_d[None, :], mask=qmask, other=0.0)
+                q = tl.load(_tile(Q, b, sqb, offs_m, sqt, hh, sqh, offs_d), mask=qmask, other=0.0)
+                do = tl.load(_tile(DO, b, sdb, offs_m, sdt, hh, sdh, offs_d), mask=qmask, other=0.0)
                 lse = tl.load(LSE + (b * heads + hh) * T + offs_m, mask=mmask, other=0.0)
                 delta = tl.load(DELTA + (b * heads + hh) * T + offs_m, mask=mmask, other=0.0)
                 s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
@@ -325,8 +330,8 @@ if triton is not None:
                 dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PREC)
         dk = dk * scale
         omask = (offs_n < T)[:, None] & dmask[None, :]  # padded keys get zero gradients
-        tl.store(DK + r * sgb + offs_n[:, None] * sgt + hh * sgh + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=omask)
-        tl.store(DV + r * sgb + offs_n[:, None] * sgt + hh * sgh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=omask)
+        tl.store(_tile(DK, r, sgb, offs_n, sgt, hh, sgh, offs_d), dk.to(DK.dtype.element_ty), mask=omask)
+        tl.store(_tile(DV, r, sgb, offs_n, sgt, hh, sgh, offs_d), dv.to(DV.dtype.element_ty), mask=omask)
 
 
 def _triton_blocks(tokens: int, head_dim: int):
