@@ -334,3 +334,28 @@ def test_unregister_attention(clean_registry):
         unregister_attention("bam")
     register_attention("bam", kind="hybrid", paper=info.paper, arxiv=info.arxiv, aliases=info.aliases)(BAM)
     assert get_attention_info("bottleneck_attention_module").cls is BAM
+
+
+# --------------------------------------------------------------------------------------
+# Attention taps (where `explain` reads a module's attention tensor)
+# --------------------------------------------------------------------------------------
+
+
+def test_taps_are_declared_checked_and_listed():
+    from yolo_attention import AttentionTap
+
+    info = get_attention_info("se")
+    assert info.taps and info.taps[0].kind == "channel"
+    assert dict(info.as_dict()["taps"][0]) == {"module": "gate", "kind": "channel", "name": "channel weights s", "activation": None}
+    for tap in (t for i in list_attention() for t in i.taps):  # every declared submodule exists
+        m = create_attention(tap_owner := next(i.name for i in list_attention() if tap in i.taps), 32)
+        assert tap.module in dict(m.named_modules()), f"{tap_owner}: tap {tap.module!r} is not a submodule"
+    with pytest.raises(ValueError, match="AttentionTap: argument 'kind'"):
+        AttentionTap("gate", "heatmap")
+    with pytest.raises(ValueError, match="AttentionTap: argument 'activation'"):
+        AttentionTap("gate", "channel", activation="tanh")
+    with registry_snapshot(), pytest.raises(TypeError, match="argument 'taps'"):
+        register_attention("tapped_wrong", taps=["gate"])(UserTestGate)
+    with registry_snapshot():
+        register_attention("tapped_user", taps=AttentionTap("conv", "channel"))(UserTestGate)
+        assert get_attention_info("tapped_user").taps == (AttentionTap("conv", "channel"),)

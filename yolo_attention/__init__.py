@@ -5,7 +5,7 @@ them available to ultralytics model YAMLs.
 """
 
 from .modules import BAM, SE, BiFormerBlock, BiLevelRoutingAttention, DoubleAttention, make_divisible
-from .registry import AttentionInfo, create_attention, get_attention_info, list_attention, register_attention
+from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "BiLevelRoutingAttention",
     "BiFormerBlock",
     "AttentionInfo",
+    "AttentionTap",
     "create_attention",
     "get_attention_info",
     "list_attention",

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 import torch.nn as nn
 
 __all__ = [
     "AttentionInfo",
+    "AttentionTap",
+    "TAP_KINDS",
     "KINDS",
     "register_attention",
     "create_attention",
@@ -26,6 +28,42 @@ __all__ = [
 ]
 
 KINDS = ("channel", "spatial", "hybrid", "global-context", "sparse-attention", "custom")
+
+# What a tapped tensor is (see AttentionTap); `yolo-attention explain` draws each kind its own way.
+TAP_KINDS = (
+    "channel",  # (N, C, 1, 1) weights per channel
+    "spatial",  # (N, 1 or C, H or 1, W or 1) a map over the image (channels averaged for display)
+    "maps",  # (N, K, H, W) or (N, K, H*W): K attention distributions over positions (e.g. A2's descriptors)
+    "routing",  # (N, R, k) integer indices of the regions each query region attends to (BRA)
+    "tokens",  # (N, heads, Q, L): attention weights of queries over keys
+)
+
+
+@dataclass(frozen=True)
+class AttentionTap:
+    """Where a module's attention tensor can be read: the output of one of its submodules.
+
+    ``module`` is the dotted path of the submodule (as in ``named_modules``; ``""`` is the
+    module itself) whose forward output is the tensor; a forward hook reads it, so nothing is
+    recomputed. ``kind`` is one of :data:`TAP_KINDS`; ``activation`` (``"sigmoid"``,
+    ``"softmax"`` or None) says that the output is a logit to be mapped for display;
+    ``name`` labels the picture. Declared with ``register_attention(..., taps=[...])``.
+    """
+
+    module: str
+    kind: str
+    name: str = ""
+    activation: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.module, str):
+            raise TypeError(f"AttentionTap: argument 'module' must be a dotted submodule path, got {self.module!r}")
+        if self.kind not in TAP_KINDS:
+            raise ValueError(f"AttentionTap: argument 'kind' must be one of {TAP_KINDS}, got {self.kind!r}")
+        if self.activation not in (None, "sigmoid", "softmax"):
+            raise ValueError(
+                f"AttentionTap: argument 'activation' must be None, 'sigmoid' or 'softmax', got {self.activation!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -39,6 +77,7 @@ class AttentionInfo:
     arxiv: str | None = None
     aliases: tuple[str, ...] = ()
     builtin: bool = field(default=False, compare=False)
+    taps: tuple[AttentionTap, ...] = ()  # where its attention tensors are read (for pictures)
 
     @property
     def yaml_name(self) -> str:
@@ -54,6 +93,7 @@ class AttentionInfo:
             "paper": self.paper,
             "arxiv": self.arxiv,
             "aliases": list(self.aliases),
+            "taps": [asdict(t) for t in self.taps],
         }
 
 
@@ -80,6 +120,7 @@ def register_attention(
     paper: str = "",
     arxiv: str | None = None,
     aliases: Iterable[str] = (),
+    taps: Iterable[AttentionTap] = (),
     override: bool = False,
     _builtin: bool = False,
 ):
@@ -90,15 +131,20 @@ def register_attention(
     be created by name, named in ultralytics and classic YOLO model YAMLs, inserted into
     existing models and compared by the ablation runner.
 
+    ``taps`` declares where the module's attention tensors can be read (:class:`AttentionTap`),
+    so that ``yolo-attention explain`` can draw them; a module without taps is "not visualised".
+
     Example::
 
-        @register_attention("eca", kind="channel", paper="ECA-Net", arxiv="1910.03151")
+        @register_attention("eca", kind="channel", paper="ECA-Net", arxiv="1910.03151",
+                            taps=[AttentionTap("gate", "channel")])
         class ECA(nn.Module):
             def __init__(self, channels: int, k_size: int = 3): ...
     """
     if isinstance(name, type):  # used bare, as ``@register_attention`` without parentheses
         return register_attention(
-            None, kind=kind, paper=paper, arxiv=arxiv, aliases=aliases, override=override, _builtin=_builtin
+            None, kind=kind, paper=paper, arxiv=arxiv, aliases=aliases, taps=taps, override=override,
+            _builtin=_builtin,
         )(name)
     if name is not None and not isinstance(name, str):
         raise TypeError(f"register_attention: argument 'name' must be a string or None, got {name!r}")
@@ -110,6 +156,10 @@ def register_attention(
     bad = [a for a in aliases if not isinstance(a, str) or not _normalise(a)]
     if bad:
         raise ValueError(f"register_attention: argument 'aliases' must be non-empty names, got {bad!r}")
+    taps = (taps,) if isinstance(taps, AttentionTap) else tuple(taps)
+    bad = [t for t in taps if not isinstance(t, AttentionTap)]
+    if bad:
+        raise TypeError(f"register_attention: argument 'taps' must hold AttentionTap objects, got {bad!r}")
 
     def decorator(cls):
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -145,6 +195,7 @@ def register_attention(
             arxiv=arxiv,
             aliases=tuple(sorted(keys - {canonical})),
             builtin=_builtin,
+            taps=taps,
         )
         _REGISTRY[canonical] = info
         for k in keys:

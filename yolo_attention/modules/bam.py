@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..registry import register_attention
+from ..registry import AttentionTap, register_attention
 from .helpers import (
     SafeBatchNorm2d,
     check_channels,
@@ -46,6 +46,10 @@ __all__ = ["BAM"]
     paper="BAM: Bottleneck Attention Module",
     arxiv="1807.06514",
     aliases=("bottleneck_attention", "bottleneck_attention_module"),
+    taps=(
+        AttentionTap("channel_mlp", "channel", "channel branch sigmoid(M_c)", "sigmoid"),
+        AttentionTap("spatial", "spatial", "spatial branch sigmoid(M_s)", "sigmoid"),
+    ),
     _builtin=True,
 )
 class BAM(nn.Module):

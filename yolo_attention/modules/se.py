@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..registry import register_attention
+from ..registry import AttentionTap, register_attention
 from .helpers import check_channels, check_input, check_positive, check_ratio, make_divisible, resolve_layer
 
 __all__ = ["SE"]
@@ -30,6 +30,7 @@ __all__ = ["SE"]
     paper="Squeeze-and-Excitation Networks",
     arxiv="1709.01507",
     aliases=("squeeze_excite", "squeeze_excitation", "se_module"),
+    taps=(AttentionTap("gate", "channel", "channel weights s"),),
     _builtin=True,
 )
 class SE(nn.Module):
