@@ -236,9 +236,10 @@ def test_yaml_cli_writes_file_and_reports_errors(tmp_path, capsys):
 
 def test_changed_builder_internals_fail_clearly():
     """If a parse_model no longer keeps 'ch'/'f' as locals, channel inference says so instead of guessing."""
-    from yolo_attention.integrations.yaml_args import BuilderInternalsChanged, make_yaml_entry
+    from yolo_attention.integrations.adapter import BuilderInternalsChanged
+    from yolo_attention.integrations.classic import ADAPTER
 
-    entry = make_yaml_entry(yolo_attention.get_attention_info("se"), builder="test parse_model")
+    entry = ADAPTER.attention_factory(yolo_attention.get_attention_info("se"))
 
     def parse_model(rows):  # a builder whose bookkeeping has other names
         channels = [3, 16]
@@ -250,3 +251,22 @@ def test_changed_builder_internals_fail_clearly():
     assert entry(32, 0.25).channels == 32
     with pytest.raises(TypeError, match="SE: missing argument 'channels'"):
         entry(0.25)
+
+
+def test_untested_ultralytics_version_fails_with_the_named_error(monkeypatch):
+    """The tested versions are pinned; another version refuses to build unless explicitly allowed."""
+    import ultralytics
+
+    from yolo_attention.integrations import ultralytics as adapter_mod
+    from yolo_attention.integrations.adapter import UNTESTED_ENV, BuilderInternalsChanged, version_tuple
+
+    low, high = adapter_mod.TESTED_VERSIONS
+    assert low <= version_tuple(ultralytics.__version__) < high, "the installed ultralytics is not a tested version"
+    d = insert_attention(_v8(), "se", "sppf").yaml
+    monkeypatch.setattr(adapter_mod.ADAPTER, "_version_checked", None)
+    monkeypatch.setattr(ultralytics, "__version__", "9.0.0")
+    monkeypatch.delenv(UNTESTED_ENV, raising=False)
+    with pytest.raises(BuilderInternalsChanged, match=r"tested with ultralytics >=8\.4\.0,<8\.5, not 9\.0\.0"):
+        _build(d)
+    monkeypatch.setenv(UNTESTED_ENV, "1")
+    assert isinstance(_build(d).model[10], yolo_attention.SE)

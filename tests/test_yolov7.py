@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,10 +115,29 @@ def test_channel_changing_rows_are_checked():
     bad["backbone"][2] = [-1, 2, "ELAN", [64, 32, 32, 2, 1, "leaky"]]
     with pytest.raises(ValueError, match="ELAN: changes the channel count, so it cannot be repeated"):
         DetectionModel(bad, verbose=False)
+    # the rows are sized by parse_model exactly as its own Conv rows, so a row without an output width
+    # fails there, as a Conv row would
     bad = copy.deepcopy(d)
     bad["backbone"][2] = [-1, 1, "ELAN", ["leaky"]]
-    with pytest.raises(ValueError, match="ELAN: the first YAML argument must be the output channel count"):
+    with pytest.raises(TypeError):
         DetectionModel(bad, verbose=False)
+
+
+def test_blocks_are_sized_by_the_builder_without_frame_writes():
+    """The builder records each block's real output width (it sizes the rows as Conv rows), at every width."""
+    d, _ = load_model_yaml("yolov7-tiny")
+    for width in (1.0, 0.5):
+        d["width_multiple"] = width
+        model = DetectionModel(copy.deepcopy(d), verbose=False)
+        elan = model.model[2]
+        assert isinstance(elan, ELAN)
+        assert elan.out.conv.out_channels == int(64 * width)  # c2 scaled by the width multiple
+        assert elan.cv1.conv.out_channels == int(32 * width)  # inner widths scaled the same way
+        assert model.model[3].f == -1 and model.model[4].cv1.conv.in_channels == int(64 * width)
+    import yolo_attention.integrations as integrations
+
+    sources = [p.read_text() for p in Path(integrations.__file__).parent.glob("*.py")]
+    assert not any("PyFrame_LocalsToFast" in s or "ctypes" in s for s in sources)
 
 
 @pytest.mark.slow

@@ -1,64 +1,66 @@
-"""Classic YOLO repositories (YOLOv5, YOLOv7, YOLOv9 and the ``yolov5`` PyPI package).
+"""Classic YOLO repositories adapter (YOLOv5, YOLOv7, YOLOv9 and the ``yolov5`` PyPI package).
 
 These repositories build models with ``models/yolo.py``'s ``parse_model(d, ch)``, which resolves
 a YAML module name with ``eval`` in that module's namespace and calls a module it does not know
-with the row's arguments verbatim (its output channels are taken to be its input's). So:
+with the row's arguments verbatim (its output channels are taken to be its input's). With the
+mechanism of :mod:`.adapter` (shared with the ultralytics adapter):
 
 * :func:`register_classic` binds every registered attention module (now and later) into a
   ``models.yolo`` module's namespace under its YAML name (the class name), never overwriting a
-  name the repository defines. The bound object is a factory whose instances are the real
-  module; input channels are inferred from ``parse_model``'s ``ch``/``f`` locals exactly as in
-  the ultralytics integration (see :mod:`.yaml_args`), so one YAML row fits every width.
+  name the repository defines. Input channels come from ``parse_model``'s ``ch``/``f``, exactly
+  as for ultralytics, so one YAML row fits every width.
 * :func:`run_script` / ``python -m yolo_attention.classic train.py --cfg ...`` runs a repository
-  script unchanged, with an import hook that registers right after ``models.yolo`` (or
+  script unchanged, with the import hook registering right after ``models.yolo`` (or
   ``yolov5.models.yolo``) is imported.
 * :func:`install_import_hook` is the same hook for ``yolov5.models.yolo`` only, cheap enough to
   install at ``import yolo_attention`` (it imports nothing).
-* :func:`make_classic_yaml` writes a classic-style model YAML with attention inserted.
 
-Checkpoints pickle our real classes (``yolo_attention.modules.*``), so loading them (``detect.py``,
-``val.py``, ``torch.load``) needs yolo_attention installed but no registration.
+Classic YAMLs with attention are written by :func:`yolo_attention.integrations.yaml_gen.make_yaml`
+(``format="classic"``). Checkpoints pickle our real classes (``yolo_attention.modules.*``), so
+loading them (``detect.py``, ``val.py``, ``torch.load``) needs yolo_attention installed but no
+registration.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
 import os
+import pickle
 import runpy
 import sys
-import threading
 import types
-import warnings
 from pathlib import Path
 
-from ..registry import AttentionInfo, add_registry_listener, get_attention_info
-from .yaml_args import bind_yaml_entry
-from .yaml_gen import dump_model_yaml
+from .adapter import DetectorAdapter
 
 __all__ = [
+    "ADAPTER",
     "BUILDER",
     "CLASSIC_MODULES",
+    "TRUST_ENV",
+    "ClassicAdapter",
     "register_classic",
     "is_classic_registered",
     "install_import_hook",
     "run_script",
+    "main",
+    # classic YAML helpers, kept here for code written against yolo-attention 0.1
     "load_classic_yaml",
     "dump_classic_yaml",
     "make_classic_yaml",
-    "main",
 ]
 
 BUILDER = "classic parse_model"
 # module names of a classic repository's model builder: the repos' own, and the PyPI package's
 CLASSIC_MODULES = ("models.yolo", "yolov5.models.yolo")
-_MARK = "_yolo_attention_classic"  # set in a registered module's namespace
-_LOCK = threading.Lock()
 
 
-def _bind(module: types.ModuleType, info: AttentionInfo) -> None:
-    bind_yaml_entry(module, info, builder=BUILDER)
+class ClassicAdapter(DetectorAdapter):
+    builder = BUILDER
+    module_names = CLASSIC_MODULES
+
+
+ADAPTER = ClassicAdapter()
 
 
 def register_classic(module: types.ModuleType | str) -> types.ModuleType:
@@ -71,63 +73,11 @@ def register_classic(module: types.ModuleType | str) -> types.ModuleType:
         module = importlib.import_module(module)
     if not isinstance(module, types.ModuleType):
         raise TypeError(f"register_classic: expected a module or its import name, got {type(module).__name__}")
-    if not callable(module.__dict__.get("parse_model")):
-        raise RuntimeError(
-            f"yolo_attention: {module.__name__} ({getattr(module, '__file__', '?')}) has no parse_model; it is not "
-            "a classic YOLO models/yolo.py"
-        )
-    with _LOCK:
-        if module.__dict__.get(_MARK):
-            return module
-        module.__dict__[_MARK] = True
-    add_registry_listener(lambda info: _bind(module, info))
-    return module
+    return ADAPTER.install(module)
 
 
 def is_classic_registered(module: types.ModuleType | str) -> bool:
-    if isinstance(module, str):
-        module = sys.modules.get(module)
-    return module is not None and bool(module.__dict__.get(_MARK))
-
-
-def _after_import(module: types.ModuleType) -> None:
-    if not callable(module.__dict__.get("parse_model")):
-        return  # a `models.yolo` that is not a classic model builder: leave it alone
-    try:
-        register_classic(module)
-    except Exception as e:  # never break the repository's own import
-        warnings.warn(f"yolo_attention: could not register attention modules in {module.__name__}: {e}", stacklevel=2)
-
-
-class _ClassicImportHook(importlib.abc.MetaPathFinder):
-    """Registers right after one of ``self.names`` is imported (each time a fresh module is executed)."""
-
-    def __init__(self):
-        self.names: set[str] = set()
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in self.names:
-            return None
-        spec = None
-        for finder in list(sys.meta_path):  # let the normal machinery find it, then wrap its loader
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            original(module)
-            _after_import(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-_HOOK = _ClassicImportHook()
+    return ADAPTER.installed_in(module)
 
 
 def install_import_hook(names=("yolov5.models.yolo",)) -> None:
@@ -136,38 +86,49 @@ def install_import_hook(names=("yolov5.models.yolo",)) -> None:
     Imports nothing. With the default it covers the ``yolov5`` PyPI package; :func:`run_script`
     adds the repositories' own ``models.yolo``. Safe to call repeatedly.
     """
-    names = (names,) if isinstance(names, str) else tuple(names)
-    with _LOCK:
-        _HOOK.names.update(names)
-        if _HOOK not in sys.meta_path:
-            sys.meta_path.insert(0, _HOOK)
-    for name in names:
-        mod = sys.modules.get(name)
-        if mod is not None:
-            _after_import(mod)
+    ADAPTER.watch(names)
 
 
 # --------------------------------------------------------------------------------------------- runner
 
-_USAGE = """\
-usage: python -m yolo_attention.classic SCRIPT [ARGS...]
-       python -m yolo_attention.classic -m MODULE [ARGS...]
+TRUST_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # torch >= 2.6: full unpickling in torch.load
+
+_USAGE = f"""\
+usage: python -m yolo_attention.classic [--trust-checkpoints] SCRIPT [ARGS...]
+       python -m yolo_attention.classic [--trust-checkpoints] -m MODULE [ARGS...]
 
 Run a classic YOLO repository script (YOLOv5/YOLOv7/YOLOv9 train.py, val.py, detect.py, ...)
 with yolo_attention's modules available as model-YAML names, e.g.
 
-  python -m yolo_attention.classic train.py --cfg models/yolov5s-se-neck.yaml --data coco128.yaml
+  python -m yolo_attention.classic train.py --cfg models/yolov5s-se-neck.yaml --data coco128.yaml --weights ''
+
+--trust-checkpoints  let the script's own torch.load unpickle checkpoints fully ({TRUST_ENV}=1).
+                     YOLOv7 and YOLOv9 save whole pickled models and load them with torch.load's
+                     default, which torch >= 2.6 restricts to weights (weights_only=True), so their
+                     train.py fails when it reloads its own checkpoint. Full unpickling can run
+                     arbitrary code from the file: use it only with checkpoints you made or trust.
 """
 
+_WEIGHTS_ONLY_HINT = (
+    "yolo_attention.classic: this repository loads a checkpoint with torch.load, which torch >= 2.6 limits to "
+    "weights (weights_only=True) while YOLOv7/YOLOv9 checkpoints are whole pickled models. If you trust the "
+    "checkpoint (e.g. you trained it), re-run with `python -m yolo_attention.classic --trust-checkpoints ...`: "
+    f"it sets {TRUST_ENV}=1 for this run. Unpickling an untrusted file can run arbitrary code."
+)
 
-def run_script(script: str | os.PathLike, args=(), module: bool = False) -> dict:
+
+def run_script(script: str | os.PathLike, args=(), module: bool = False, trust_checkpoints: bool = False) -> dict:
     """Run a classic repository script as ``__main__`` with attention modules registered.
 
     ``sys.argv`` is ``[script, *args]`` (``runpy`` makes ``argv[0]`` the script's absolute path while it
-    runs) and the script's directory leads ``sys.path``, as with ``python script ...``. With ``module=True``, ``script`` is a module name run like ``python -m``.
+    runs) and the script's directory leads ``sys.path``, as with ``python script ...``. With
+    ``module=True``, ``script`` is a module name run like ``python -m``. ``trust_checkpoints`` sets
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (see the usage text for the security trade-off).
     Returns the script's globals.
     """
     install_import_hook(CLASSIC_MODULES)
+    if trust_checkpoints:
+        os.environ[TRUST_ENV] = "1"
     if module:
         sys.argv[:] = [str(script), *map(str, args)]
         return runpy.run_module(str(script), run_name="__main__", alter_sys=True)
@@ -184,102 +145,56 @@ def run_script(script: str | os.PathLike, args=(), module: bool = False) -> dict
     return runpy.run_path(str(path), run_name="__main__")
 
 
+def _is_weights_only_failure(err: BaseException) -> bool:
+    return isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err).lower().replace(" ", "_")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    trust = bool(argv) and argv[0] == "--trust-checkpoints"
+    if trust:
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    if argv[0] == "-m":
-        if len(argv) < 2:
-            print(_USAGE, file=sys.stderr)
-            return 2
-        run_script(argv[1], argv[2:], module=True)
-        return 0
+    as_module = argv[0] == "-m"
+    if as_module and len(argv) < 2:
+        print(_USAGE, file=sys.stderr)
+        return 2
+    script, args = (argv[1], argv[2:]) if as_module else (argv[0], argv[1:])
     try:
-        run_script(argv[0], argv[1:])
+        run_script(script, args, module=as_module, trust_checkpoints=trust)
     except FileNotFoundError as e:
-        if Path(argv[0]).is_file():
+        if as_module or Path(script).is_file():
             raise
         print(f"yolo_attention.classic: error: {e}", file=sys.stderr)
         return 2
+    except pickle.UnpicklingError as e:
+        if not trust and _is_weights_only_failure(e):
+            print(_WEIGHTS_ONLY_HINT, file=sys.stderr)
+        raise
     return 0
 
 
-# ----------------------------------------------------------------------------------------- YAMLs
+# ----------------------------------------------------------------- classic YAMLs (moved to yaml_gen)
 
 
-def _package_models_dir() -> Path | None:
-    spec = importlib.util.find_spec("yolov5")  # locates the package without importing it (slow)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+def load_classic_yaml(model):
+    """See :func:`yolo_attention.integrations.yaml_gen.load_classic_yaml`."""
+    from .yaml_gen import load_classic_yaml as load
+
+    return load(model)
 
 
-def load_classic_yaml(model: str | os.PathLike) -> tuple[dict, str]:
-    """A classic model dict from a YAML path, or a name (``yolov5s``) from the ``yolov5`` package's YAMLs."""
-    import yaml
+def dump_classic_yaml(d: dict, path, header: str = "") -> Path:
+    """Write model dict ``d`` in the classic repositories' layout (see ``yaml_gen.dump_model_yaml``)."""
+    from .yaml_gen import dump_model_yaml
 
-    p = Path(str(model))
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise FileNotFoundError(f"model YAML {p} does not exist")
-    else:
-        root = _package_models_dir()
-        hint = (
-            "pass the path of your repository's model YAML (e.g. models/yolov5s.yaml in a YOLOv5 checkout, "
-            "cfg/training/yolov7.yaml in YOLOv7, models/detect/yolov9-c.yaml in YOLOv9)"
-        )
-        if root is None:
-            raise ValueError(
-                f"unknown classic model {str(model)!r}: {hint}, or `pip install 'yolo-attention[classic]'` to "
-                "resolve names such as yolov5s from the yolov5 package"
-            )
-        candidates = [root / f"{p.name}.yaml", root / "hub" / f"{p.name}.yaml", root / "segment" / f"{p.name}.yaml"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            names = sorted({c.stem for d in (root, root / "hub") if d.is_dir() for c in d.glob("*.yaml")})
-            names = [n for n in names if n != "anchors"]
-            raise ValueError(f"unknown classic model {str(model)!r}: {hint}; the yolov5 package has {names}")
-        p = found
-    with open(p, encoding="ascii", errors="ignore") as f:  # as the classic repositories read it
-        d = yaml.safe_load(f)
-    if not isinstance(d, dict) or not isinstance(d.get("backbone"), list) or not isinstance(d.get("head"), list):
-        raise ValueError(f"{p} is not a classic model YAML (needs 'backbone' and 'head' lists of rows)")
-    return d, p.stem
-
-
-def dump_classic_yaml(d: dict, path: str | os.PathLike, header: str = "") -> Path:
-    """Write model dict ``d`` in the classic repositories' layout (ASCII, rows in a bracketed list)."""
     return dump_model_yaml(d, path, header, classic=True)
 
 
-def make_classic_yaml(
-    model: str | os.PathLike,
-    attn: str,
-    at="neck",
-    out: str | os.PathLike | None = None,
-    kwargs: dict | None = None,
-    gated: bool = False,
-    args=(),
-) -> Path:
-    """Write ``<model>-<attn>-<at>.yaml`` (or ``out``): a classic model YAML with ``attn`` inserted.
+def make_classic_yaml(model, attn: str, at="neck", out=None, kwargs=None, gated: bool = False, args=()) -> Path:
+    """``make_yaml(..., format="classic")``: see :func:`yolo_attention.integrations.yaml_gen.make_yaml`."""
+    from .yaml_gen import make_yaml
 
-    ``model`` is a classic repository's model YAML path, or a name (``yolov5s``, ``yolov5n``) from the
-    installed ``yolov5`` package. ``at``: ``backbone`` (after the backbone layers the head reads),
-    ``neck`` (after the layers the Detect row reads), ``sppf`` (after the last backbone layer) and/or
-    original layer indices, comma-separated. Every ``from`` (the Detect row's included) is renumbered.
-    """
-    from .yaml_gen import insert_attention
-
-    d, stem = load_classic_yaml(model)
-    info = get_attention_info(attn)
-    ins = insert_attention(d, attn, at, args, kwargs, gated)
-    place = "_".join(map(str, at)) if isinstance(at, (list, tuple)) else str(at).replace(",", "_")
-    out = Path(out) if out is not None else Path(f"{stem}-{info.name}-{place}.yaml")
-    paper = f" ({info.paper}, arXiv:{info.arxiv})" if info.paper else ""
-    header = (
-        f"{stem} with {info.cls.__name__}{paper} inserted at {at}: new layers {ins.inserted}.\n"
-        "Generated by yolo-attention. Run the repository's scripts through the runner, e.g.\n"
-        f"  python -m yolo_attention.classic train.py --cfg {out.name} ..."
-    )
-    return dump_classic_yaml(ins.yaml, out, header)
+    return make_yaml(model, attn, at, out=out, args=args, kwargs=kwargs, gated=gated, format="classic")

@@ -1,4 +1,4 @@
-"""Derive model YAMLs with attention inserted, from ultralytics' own bundled YAMLs.
+"""Derive model YAMLs with attention inserted (ultralytics' bundled YAMLs and classic repositories' YAMLs).
 
 Places (OpenMMLab-plugin style: a module plus where it goes):
 
@@ -15,25 +15,32 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
+import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..extras import MissingExtra, require
 from ..registry import get_attention_info
 
 __all__ = [
     "PLACES",
     "FAMILIES",
+    "FORMATS",
     "insertion_points",
     "insert_attention",
     "load_model_yaml",
+    "load_classic_yaml",
+    "make_yaml",
     "make_attention_yaml",
     "dump_model_yaml",
     "main",
 ]
 
 PLACES = ("backbone", "neck", "sppf")
+FORMATS = ("ultralytics", "classic")
 # family -> an example model name the ultralytics integration resolves
 FAMILIES = {
     "yolov3u": "yolov3u",
@@ -69,10 +76,29 @@ def _head_reader(d: dict) -> tuple[int, list]:
     return last, [_resolve(f, last) for f in rows[last][0]]
 
 
+# modules that pass their input through unchanged (YOLOv9's dual configs start with Silence)
+PASSTHROUGH = ("Silence", "nn.Identity")
+
+
+def _input_layers(rows: list) -> set[int]:
+    """Layers whose output is the input image itself: never an insertion point."""
+    out = set()
+    for i, row in enumerate(rows):
+        if str(row[2]) not in PASSTHROUGH:
+            break
+        out.add(i)
+    return out
+
+
 def insertion_points(d: dict, at) -> list[int]:
-    """Original layer indices after which to insert, for a place name, indices or a mix (``"neck,4"``)."""
+    """Original layer indices after which to insert, for a place name, indices or a mix (``"neck,4"``).
+
+    The input image is never an insertion point (e.g. YOLOv9's layer 0, ``Silence``, which its
+    auxiliary branch reads).
+    """
     nb = len(d["backbone"])
     rows = d["backbone"] + d["head"]
+    image = _input_layers(rows)
     items = at if isinstance(at, (list, tuple)) else str(at).split(",")
     points: set[int] = set()
     for item in items:
@@ -85,12 +111,16 @@ def insertion_points(d: dict, at) -> list[int]:
                     f"layer index {item} is out of range: this model has layers 0..{len(rows) - 1} and attention "
                     f"cannot follow the last (head) layer"
                 )
+            if idx in image:
+                raise ValueError(
+                    f"layer {idx} ({rows[idx][2]}) passes the input image through; attention never goes on the input"
+                )
             points.add(idx)
         elif item == "backbone":
             readers = {
                 _resolve(f, i) for i in range(nb, len(rows)) for f in _froms(rows[i])
             }  # backbone layers the neck and head read
-            points |= {j for j in readers if j < nb}
+            points |= {j for j in readers if j < nb and j not in image}
         elif item == "neck":
             last, outs = _head_reader(d)
             points |= set(outs)
@@ -175,6 +205,47 @@ def load_model_yaml(model: str | Path) -> tuple[dict, str]:
     return d, name
 
 
+def _package_models_dir() -> Path | None:
+    spec = importlib.util.find_spec("yolov5")  # locates the package without importing it (slow)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def load_classic_yaml(model: str | os.PathLike) -> tuple[dict, str]:
+    """A classic model dict from a YAML path, or a name (``yolov5s``) from the ``yolov5`` package's YAMLs."""
+    import yaml
+
+    p = Path(str(model))
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise FileNotFoundError(f"model YAML {p} does not exist")
+    else:
+        root = _package_models_dir()
+        hint = (
+            "pass the path of your repository's model YAML (e.g. models/yolov5s.yaml in a YOLOv5 checkout, "
+            "cfg/training/yolov7.yaml in YOLOv7, models/detect/yolov9-c.yaml in YOLOv9)"
+        )
+        if root is None:
+            raise ValueError(
+                f"unknown classic model {str(model)!r}: {hint}, or `pip install 'yolo-attention[classic]'` to "
+                "resolve names such as yolov5s from the yolov5 package"
+            )
+        candidates = [root / f"{p.name}.yaml", root / "hub" / f"{p.name}.yaml", root / "segment" / f"{p.name}.yaml"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            names = sorted({c.stem for d in (root, root / "hub") if d.is_dir() for c in d.glob("*.yaml")})
+            names = [n for n in names if n != "anchors"]
+            raise ValueError(f"unknown classic model {str(model)!r}: {hint}; the yolov5 package has {names}")
+        p = found
+    with open(p, encoding="ascii", errors="ignore") as f:  # as the classic repositories read it
+        d = yaml.safe_load(f)
+    if not isinstance(d, dict) or not isinstance(d.get("backbone"), list) or not isinstance(d.get("head"), list):
+        raise ValueError(f"{p} is not a classic model YAML (needs 'backbone' and 'head' lists of rows)")
+    return d, p.stem
+
+
+
 def _flow(v) -> str:
     import yaml
 
@@ -229,7 +300,29 @@ def dump_model_yaml(d: dict, path: str | Path, header: str = "", classic: bool =
     return path
 
 
-def make_attention_yaml(
+def _dual_head(d: dict) -> bool:
+    """YOLOv9's dual-branch configs (DualDDetect): trained and run with train_dual.py / detect_dual.py."""
+    rows = d["backbone"] + d["head"]
+    return str(rows[-1][2]).startswith("Dual")
+
+
+def _header(d: dict, stem: str, info, at, inserted: list[int], out: Path, format: str) -> str:
+    paper = f" ({info.paper}, arXiv:{info.arxiv})" if info.paper else ""
+    first = f"{stem} with {info.cls.__name__}{paper} inserted at {at}: new layers {inserted}."
+    if format == "ultralytics":
+        return (
+            f"{first}\nGenerated by yolo-attention from ultralytics' bundled YAML; needs `import yolo_attention` "
+            "(or the `yolo-attention yolo` command)."
+        )
+    script = "train_dual.py" if _dual_head(d) else "train.py"
+    extra = " (a dual-branch config: use train_dual.py, val_dual.py and detect_dual.py)" if _dual_head(d) else ""
+    return (
+        f"{first}\nGenerated by yolo-attention{extra}. Run the repository's scripts through the runner, e.g.\n"
+        f"  python -m yolo_attention.classic {script} --cfg {out.name} --weights '' ..."
+    )
+
+
+def make_yaml(
     model: str | Path,
     attn: str,
     at="neck",
@@ -237,25 +330,37 @@ def make_attention_yaml(
     args=(),
     kwargs=None,
     gated: bool = False,
+    format: str = "ultralytics",
 ) -> Path:
-    """Write ``<model>-<attn>-<place>.yaml`` (or ``out``) with ``attn`` inserted at ``at``; return its path."""
-    from ultralytics.nn.tasks import guess_model_scale
+    """Write ``<model>-<attn>-<place>.yaml`` (or ``out``) with ``attn`` inserted at ``at``; return its path.
 
-    d, stem = load_model_yaml(model)
+    ``format="ultralytics"``: ``model`` is a family and scale (``yolov8n``, ``yolo11s``, ``yolov5nu``,
+    ``yolov7``) or an ultralytics YAML. ``format="classic"``: ``model`` is a classic repository's model
+    YAML (YOLOv5, YOLOv7, YOLOv9) or a name (``yolov5s``) from the installed ``yolov5`` package; the file
+    is written in the classic layout. ``at``: ``backbone``, ``neck``, ``sppf`` and/or original layer
+    indices, comma-separated. Every ``from`` (the head's included) is renumbered.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"make_yaml: argument 'format' must be one of {FORMATS}, got {format!r}")
+    d, stem = load_classic_yaml(model) if format == "classic" else load_model_yaml(model)
     info = get_attention_info(attn)
     ins = insert_attention(d, attn, at, args, kwargs, gated)
     place = str(at).replace(",", "_") if not isinstance(at, (list, tuple)) else "_".join(map(str, at))
     out = Path(out) if out is not None else Path(f"{stem}-{info.name}-{place}.yaml")
-    scale = ins.yaml.get("scale")
-    if ins.yaml.get("scales") and scale and guess_model_scale(out) != scale:
-        # ultralytics takes the scale from the file name; a name without it would build the first scale
-        ins.yaml["scales"] = {scale: ins.yaml["scales"][scale]}
-    header = (
-        f"{stem} with {info.cls.__name__} ({info.paper}, arXiv:{info.arxiv}) inserted at {at}: new layers "
-        f"{ins.inserted}.\nGenerated by yolo-attention from ultralytics' bundled YAML; needs `import yolo_attention` "
-        "(or the `yolo-attention yolo` command)."
-    )
-    return dump_model_yaml(ins.yaml, out, header)
+    if format == "ultralytics":
+        from ultralytics.nn.tasks import guess_model_scale
+
+        scale = ins.yaml.get("scale")
+        if ins.yaml.get("scales") and scale and guess_model_scale(out) != scale:
+            # ultralytics takes the scale from the file name; a name without it would build the first scale
+            ins.yaml["scales"] = {scale: ins.yaml["scales"][scale]}
+    header = _header(d, stem, info, at, ins.inserted, out, format)
+    return dump_model_yaml(ins.yaml, out, header, classic=format == "classic")
+
+
+def make_attention_yaml(model, attn: str, at="neck", out=None, args=(), kwargs=None, gated: bool = False) -> Path:
+    """``make_yaml(..., format="ultralytics")`` (the name used by yolo-attention 0.1)."""
+    return make_yaml(model, attn, at, out=out, args=args, kwargs=kwargs, gated=gated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,13 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(kwargs, dict):
             raise ValueError(f"--kwargs must be a mapping, got {a.kwargs!r}")
         get_attention_info(a.attn)
-        if a.format == "classic":
-            from .classic import make_classic_yaml
-
-            path = make_classic_yaml(a.model, a.attn, a.at, out=a.out, kwargs=kwargs, gated=a.gated)
-        else:
-            path = make_attention_yaml(a.model, a.attn, a.at, out=a.out, kwargs=kwargs, gated=a.gated)
-    except (KeyError, ValueError, FileNotFoundError) as e:
+        if a.format == "ultralytics":
+            require("ultralytics", "yolo-attention yaml (ultralytics format; --format classic does not need it)")
+        path = make_yaml(a.model, a.attn, a.at, out=a.out, kwargs=kwargs, gated=a.gated, format=a.format)
+    except (KeyError, ValueError, FileNotFoundError, MissingExtra) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"yolo-attention yaml: error: {msg}", file=sys.stderr)
         return 2
