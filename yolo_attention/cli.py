@@ -7,22 +7,35 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NamedTuple
 
-# name -> (module, function taking argv, one-line help)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "list": ("yolo_attention.cli", "list_main", "list registered attention modules"),
-    "bench": ("yolo_attention.bench", "main", "params, FLOPs, time and memory of each module at YOLO shapes"),
-    "yaml": ("yolo_attention.integrations.yaml_gen", "main", "write a model YAML with attention inserted"),
-    "cost": ("yolo_attention.integrations.cost", "main", "params and FLOPs of a detector, attention ops included"),
-    "yolo": ("yolo_attention.integrations.ultralytics", "yolo_main", "ultralytics' `yolo` command with our modules"),
-    "ablate": ("yolo_attention.ablate", "main", "train variants side by side and report accuracy and cost"),
-    "data": ("yolo_attention.data", "main", "generate the embedded synthetic detection dataset"),
-}
+from .extras import MissingExtra, require
+
+
+class Command(NamedTuple):
+    module: str  # where the command lives
+    function: str  # its entry point, taking argv
+    help: str  # one line
+    needs: tuple[str, ...] = ()  # packages from optional extras it cannot run without
+
+
+COMMANDS: dict[str, Command] = {
+    "list": Command("yolo_attention.cli", "list_main", "list registered attention modules"),
+    "bench": Command("yolo_attention.bench", "main", "params, FLOPs, time and memory of each module at YOLO shapes"),
+    "yaml": Command("yolo_attention.integrations.yaml_gen", "main", "write a model YAML with attention inserted"),
+    "cost": Command("yolo_attention.integrations.cost", "main", "params and FLOPs of a detector, attention ops included",
+                    ("ultralytics",)),
+    "yolo": Command("yolo_attention.integrations.ultralytics", "yolo_main", "ultralytics' `yolo` command with our modules",
+                    ("ultralytics",)),
+    "ablate": Command("yolo_attention.ablate", "main", "train variants side by side and report accuracy and cost",
+                      ("ultralytics",)),
+    "data": Command("yolo_attention.data", "main", "generate the embedded synthetic detection dataset"),
+}  # fmt: skip
 
 
 def _usage() -> str:
     lines = ["usage: yolo-attention <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name:<8} {cmd.help}" for name, cmd in COMMANDS.items()]
     lines += ["", "Run `yolo-attention <command> --help` for a command's options."]
     return "\n".join(lines)
 
@@ -52,8 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"yolo-attention: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module, func, _ = COMMANDS[name]
-    result = getattr(importlib.import_module(module), func)(rest)
+    cmd = COMMANDS[name]
+    try:
+        for package in cmd.needs:
+            require(package, f"yolo-attention {name}")
+        result = getattr(importlib.import_module(cmd.module), cmd.function)(rest)
+    except MissingExtra as e:
+        print(f"yolo-attention {name}: error: {e}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 
