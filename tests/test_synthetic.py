@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from yolo_attention.data import main as data_main
 from yolo_attention.data.synthetic import (
@@ -265,6 +266,7 @@ def test_cli(tmp_path, capsys):
     assert printed.out.strip() == str(out.resolve() / "data.yaml")
     assert "wrote 3 train + 2 val" in printed.err
     assert "  2: ring\n" in (out / "data.yaml").read_text()
+    assert yaml.safe_load((out / "data.yaml").read_text())["nc"] == 3  # the classic repositories' train.py read nc
     assert data_main(["synthetic", "--out", str(out), "--train", "3", "--val", "2", "--imgsz", "96", "--seed", "5", "--classes", "star", "cross", "ring", "-q"]) == 0
     printed = capsys.readouterr()
     assert printed.out.strip() == str(out.resolve() / "data.yaml") and printed.err == ""
