@@ -81,7 +81,9 @@ def test_layout_split_sizes_and_yaml(small):
         assert sorted(p.name for p in (root / "labels" / split).iterdir()) == [f"{i:06d}.txt" for i in range(n)]
     data = yaml.safe_load(small.read_text())
     assert data["path"] == str(root.resolve())
-    assert data["train"] == "images/train" and data["val"] == "images/val"
+    # absolute splits: YOLOv7's train.py ignores 'path' and resolves relative ones against its cwd
+    assert data["train"] == str(root.resolve() / "images" / "train") and data["val"] == str(root.resolve() / "images" / "val")
+    assert data["nc"] == len(DEFAULT_CLASSES)
     assert data["names"] == dict(enumerate(DEFAULT_CLASSES))
     manifest = json.loads((root / MANIFEST_NAME).read_text())
     assert manifest["complete"] is True

@@ -28,6 +28,7 @@ import os
 import pickle
 import runpy
 import sys
+import traceback
 import types
 from pathlib import Path
 
@@ -170,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yolo_attention.classic: error: {e}", file=sys.stderr)
         return 2
     except pickle.UnpicklingError as e:
-        if not trust and _is_weights_only_failure(e):
-            print(_WEIGHTS_ONLY_HINT, file=sys.stderr)
-        raise
+        if trust or not _is_weights_only_failure(e):
+            raise
+        traceback.print_exc()
+        print(f"\n{_WEIGHTS_ONLY_HINT}", file=sys.stderr)  # after the traceback, where it is read
+        return 1
     return 0
 
 
