@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "yolo": ("yolo_attention.integrations.ultralytics", "yolo_main", "ultralytics' `yolo` command with our modules"),
     "ablate": ("yolo_attention.ablate", "main", "train variants side by side and report accuracy and cost"),
     "data": ("yolo_attention.data", "main", "generate the embedded synthetic detection dataset"),
+    "explain": ("yolo_attention.explain", "main", "detections, CAMs and the attention modules' own maps, as pictures"),
 }
 
 
