@@ -378,3 +378,21 @@ def test_checkpoint_and_library_cams(workspace, tmp_path):
         assert (tmp_path / method / "attention" / "a2" / "wide.png").is_file()
         assert any("Grad" in p.title or "Eigen" in p.title or "wide" in p.title for p in result.pictures)
         assert not any("not visualised" in n for n in result.notes)
+
+
+def test_classic_yolov5_checkpoint(workspace, tmp_path):
+    """A YOLOv5 checkpoint saved as the repositories save it ({'model': half model}), with BAM at the neck."""
+    pytest.importorskip("yolov5.models.yolo")
+    pytest.importorskip("pytorch_grad_cam")
+    import yolov5.models.yolo as y5
+
+    from yolo_attention.integrations.classic import make_classic_yaml
+
+    _, images, _ = workspace
+    model = y5.Model(str(make_classic_yaml("yolov5n", "bam", "neck", out=tmp_path / "y5.yaml")), ch=3, nc=3)
+    ckpt = tmp_path / "yolov5n-bam.pt"
+    torch.save({"model": copy.deepcopy(model).half()}, ckpt)
+    result = explain_models([str(ckpt)], [images / "wide.png"], tmp_path / "out", ExplainOptions(imgsz=64))
+    assert (tmp_path / "out" / "attention" / "yolov5n-bam" / "wide.png").is_file()
+    assert (tmp_path / "out" / "attention" / "yolov5n-bam" / "channels.png").is_file()
+    assert not result.notes, result.notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,14 @@ class _ModelRun:
     recorder: TapRecorder
     channels: dict[tuple[str, int], list[np.ndarray]] = field(default_factory=dict)
     notes: Notes = field(default_factory=Notes)
+
+
+class _ImageResult(NamedTuple):
+    """One model on one image."""
+
+    detections: Panel
+    cam: Panel
+    attention: Picture | None  # the attention picture, if the model has something to draw per image
 
 
 def _safe(label: str) -> str:
@@ -102,8 +110,8 @@ def _detection_panel(det: Detector, rgb: np.ndarray, boxes, d: torch.Tensor, con
     return Panel(f"{det.label}: {len(d)} detection(s), conf >= {conf:g}{untrained}", rgb, boxes=marks)
 
 
-def _run_batch(run: _ModelRun, chunk: list[ImageItem], rgbs, opt: ExplainOptions, out: Path):
-    """One model on one batch: returns (detection panel, CAM panel, attention picture or None) per image."""
+def _run_batch(run: _ModelRun, chunk: list[ImageItem], rgbs, opt: ExplainOptions, out: Path) -> list[_ImageResult]:
+    """One model on one batch of images; writes the attention pictures."""
     det = run.det
     im = letterbox_batch(rgbs, opt.imgsz, det.stride, det.device)
     with run.recorder.recording() as cap:
@@ -126,7 +134,7 @@ def _run_batch(run: _ModelRun, chunk: list[ImageItem], rgbs, opt: ExplainOptions
                              title=f"{det.label} on {item.name}: attention computed by the modules themselves")
             picture = Picture(path, f"{det.label}: attention on {item.name}", f"Image {item.name}")
         cam = Panel(f"{det.label}: {cam_desc}", placement.crop(overlays[n]))
-        results.append((_detection_panel(det, rgbs[n], boxes, d, opt.conf), cam, picture))
+        results.append(_ImageResult(_detection_panel(det, rgbs[n], boxes, d, opt.conf), cam, picture))
     return results
 
 
@@ -191,12 +199,12 @@ def explain_models(models: Sequence[str | Detector], images: str | Path | list[P
             rgbs = [it.load() for it in chunk]
             per_model = [_run_batch(run, chunk, rgbs, opt, out) for run in runs]
             for n, item in enumerate(chunk):
-                panels = [r[n][0] for r in per_model] + [r[n][1] for r in per_model]
+                panels = [r[n].detections for r in per_model] + [r[n].cam for r in per_model]
                 path = save_grid(out / "detections" / f"{item.name}.png", panels, ncols=len(runs),
                                  title=f"{item.path.name}: detections (top) and class activation maps (bottom)")
                 group = f"Image {item.name}"
                 pictures.append(Picture(path, f"{item.path.name}: detections and CAM of each model", group))
-                pictures += [r[n][2] for r in per_model if r[n][2] is not None]
+                pictures += [r[n].attention for r in per_model if r[n].attention is not None]
     finally:
         for run in runs:
             run.recorder.close()
