@@ -131,6 +131,37 @@ def test_a2_taps_are_its_softmaxes_and_old_pickles_load():
             assert torch.equal(restored(x), m(x))
 
 
+class _TokenAttention(nn.Module):
+    """Test-local user module: one-head self-attention whose softmax is a submodule (a 'tokens' tap)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.softmax = nn.Softmax(-1)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).flatten(2).chunk(3, 1)  # (N, C, L) each
+        a = self.softmax((q.transpose(1, 2) @ k).unsqueeze(1) * x.shape[1] ** -0.5)  # (N, 1, L, L)
+        return x + (v @ a[:, 0].transpose(1, 2)).view_as(x)
+
+
+def test_tokens_tap_draws_the_query_positions_attention():
+    with registry_snapshot():
+        register_attention("token_attention_test", taps=[AttentionTap("softmax", "tokens", "tokens")])(_TokenAttention)
+        m = _TokenAttention(C)
+        x = torch.randn(N, C, H, W)
+        layers, _, cap = _capture(m, x)
+        notes = Notes()
+        panels = layer_panels(layers[0], cap, _view(1, query=(100.0, 30.0)), notes)
+    assert not notes and len(panels) == 1 and "query position" in panels[0].title
+    q = (30 // STRIDE) * W + 100 // STRIDE  # the query point's cell
+    with torch.no_grad():
+        qs, ks, _ = m.qkv(x[1:]).flatten(2).chunk(3, 1)
+        rows = torch.softmax(qs.transpose(1, 2) @ ks * C**-0.5, -1)[0]  # (L, L): every position's attention
+    got = torch.from_numpy(panels[0].heat[STRIDE // 2 :: STRIDE, STRIDE // 2 :: STRIDE].copy()).flatten()
+    assert int((rows - got).abs().sum(1).argmin()) == q  # the drawn map is the query position's row
+
+
 # ------------------------------------------------------------------------------------------------ routing
 
 
@@ -396,3 +427,12 @@ def test_classic_yolov5_checkpoint(workspace, tmp_path):
     assert (tmp_path / "out" / "attention" / "yolov5n-bam" / "wide.png").is_file()
     assert (tmp_path / "out" / "attention" / "yolov5n-bam" / "channels.png").is_file()
     assert not result.notes, result.notes
+
+
+def test_model_labels_tell_checkpoints_apart():
+    from yolo_attention.explain.detectors import model_labels
+
+    runs = ["runs/ablate/none/seed0/weights/best.pt", "runs/ablate/bam/seed0/weights/best.pt"]
+    assert model_labels(runs) == ["none/best", "bam/best"]
+    assert model_labels(["yolov8n.yaml", "m/yolov8n-se.yaml"]) == ["yolov8n", "yolov8n-se"]
+    assert model_labels(["x.pt", "x.pt"]) == ["x#1", "x#2"]

@@ -120,15 +120,18 @@ def letterbox_batch(images: list[np.ndarray], imgsz: int, stride: int, device) -
 
 
 def model_labels(specs: list[str]) -> list[str]:
-    """Short, unique labels for model paths: the stem, with parent folders added where stems clash."""
-    parts = [Path(s).with_suffix("").parts or (str(s),) for s in specs]
-    depth = 1
-    while True:
-        labels = ["/".join(p[-depth:]) for p in parts]
-        if len(set(labels)) == len(labels) or depth >= max(len(p) for p in parts):
-            break
-        depth += 1
-    return [lab if labels.count(lab) == 1 else f"{lab}#{i + 1}" for i, lab in enumerate(labels)]
+    """Short, unique labels for model paths: the file stem, with the nearest folders that tell the models
+    apart where stems clash (runs/ablate/se/seed0/weights/best.pt, .../bam/... -> se/best, bam/best)."""
+    paths = [Path(s) for s in specs]
+    dirs = [list(p.parent.parts) for p in paths]
+    while len(dirs) > 1 and all(d and d[-1] == dirs[0][-1] for d in dirs):  # folders they all end with
+        for d in dirs:
+            d.pop()
+    for depth in range(max(map(len, dirs)) + 1):
+        labels = ["/".join(d[max(len(d) - depth, 0) :] + [p.stem]) for d, p in zip(dirs, paths)]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{lab}#{i + 1}" for i, lab in enumerate(labels)]  # the same file given twice
 
 
 def _pickled_family(path: Path) -> str | None:

@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..modules.gated import GatedAttention
 from ..registry import AttentionInfo, AttentionTap, list_attention
 
-__all__ = ["AttentionLayer", "Capture", "TapRecorder", "find_attention_layers", "no_taps_note"]
+__all__ = ["AttentionLayer", "Capture", "TapRecorder", "activate", "find_attention_layers", "no_taps_note"]
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Capture:
     """What one forward pass left in the hooks (keys: attention path, or (attention path, tap number))."""
 
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    tensors: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # tap outputs, on the CPU
+    tensors: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # tap outputs (see _keep)
     owner_inputs: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # routing: the router's owner
 
 
@@ -73,6 +73,32 @@ def _first_tensor(out):
     if isinstance(out, (tuple, list)):
         return next((o for o in out if isinstance(o, torch.Tensor)), None)
     return None
+
+
+def activate(t: torch.Tensor, tap: AttentionTap) -> torch.Tensor:
+    """Map a tap's logits for display (``tap.activation``): softmax over channels (channel), positions
+    (spatial, maps) or the last axis (tokens)."""
+    if tap.activation == "sigmoid":
+        return t.sigmoid()
+    if tap.activation == "softmax":
+        if tap.kind == "channel":
+            return t.softmax(1)
+        if tap.kind in ("spatial", "maps"):
+            return t.flatten(2).softmax(-1).view_as(t)
+        return t.softmax(-1)
+    return t
+
+
+def _keep(t: torch.Tensor, tap: AttentionTap) -> torch.Tensor:
+    """What is kept of a tap's output: detached, mapped, on the CPU; token attention averaged over heads
+    first (an (N, heads, L, L) tensor of a high-resolution map would not fit in memory twice)."""
+    t = t.detach()
+    if not t.is_floating_point():
+        return t.cpu()
+    t = activate(t.float(), tap)
+    if tap.kind == "tokens" and t.ndim == 4:
+        t = t.mean(1, keepdim=True)
+    return t.cpu()
 
 
 def _submodule(module: nn.Module, path: str) -> nn.Module | None:
@@ -100,7 +126,7 @@ class TapRecorder:
         if sub is None:
             self.problems.setdefault(layer.path, []).append(f"tap {tap.module!r} is not a submodule")
             return
-        self._handles.append(sub.register_forward_hook(self._tap_hook((layer.path, k))))
+        self._handles.append(sub.register_forward_hook(self._tap_hook((layer.path, k), tap)))
         if tap.kind == "routing":  # the token attention is asked of the module that owns the router
             owner = _submodule(layer.module, tap.module.rpartition(".")[0])
             self._handles.append(owner.register_forward_pre_hook(self._owner_hook((layer.path, k))))
@@ -112,12 +138,11 @@ class TapRecorder:
 
         return hook
 
-    def _tap_hook(self, key):
+    def _tap_hook(self, key, tap: AttentionTap):
         def hook(module, args, out):
             t = _first_tensor(out)
             if self._capture is not None and t is not None:
-                t = t.detach()
-                self._capture.tensors[key] = t.cpu() if not t.is_floating_point() else t.float().cpu()
+                self._capture.tensors[key] = _keep(t, tap)
 
         return hook
 

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from ..modules.biformer import region_grid
-from ..registry import AttentionTap
 from .detectors import Placement
 from .figures import Box, Panel
 from .taps import AttentionLayer, Capture
@@ -50,18 +49,6 @@ class Notes(list):
             self.append(text)
 
 
-def _activate(t: torch.Tensor, tap: AttentionTap) -> torch.Tensor:
-    if tap.activation == "sigmoid":
-        return t.sigmoid()
-    if tap.activation == "softmax":
-        if tap.kind == "channel":
-            return t.softmax(1)
-        if tap.kind in ("spatial", "maps"):  # over the positions
-            return t.flatten(2).softmax(-1).view_as(t)
-        return t.softmax(-1)
-    return t
-
-
 def map_to_image(m: torch.Tensor, view: ImageView) -> np.ndarray:
     """A map (h, w) over the model input -> the part over the image, at input resolution."""
     up = F.interpolate(m[None, None].float(), size=view.placement.input_shape, mode="bilinear", align_corners=False)
@@ -81,7 +68,7 @@ def _tap_tensor(layer: AttentionLayer, k: int, cap: Capture, notes: Notes) -> to
     if t is None:
         notes.add(f"{layer.label}: tap {tap.module!r} produced no tensor in this forward pass")
         return None
-    return _activate(t, tap) if t.is_floating_point() else t
+    return t
 
 
 def _as_maps(t: torch.Tensor, shape: tuple[int, ...] | None) -> torch.Tensor | None:
@@ -99,7 +86,7 @@ def _usage(layer: AttentionLayer, cap: Capture, n: int) -> torch.Tensor | None:
         t = cap.tensors.get((layer.path, k))
         if tap.kind != "maps" or t is None or t.ndim < 3 or t.shape[1] < 2:
             continue
-        flat = _activate(t, tap)[n].flatten(1)
+        flat = t[n].flatten(1)
         if torch.allclose(flat.sum(0), torch.ones(()), atol=1e-3):
             return flat.mean(1)
     return None
@@ -146,7 +133,7 @@ def _tokens_panels(layer, k, t, cap, view, notes) -> list[Panel]:
                   f" for input {shape}: not visualised")
         return []
     h, w = shape[2:]
-    a = a.float().mean(0)  # over heads: (Q, L)
+    a = a.mean(0)  # over heads (the recorder already averaged them): (Q, L)
     if a.shape[0] == h * w:
         r, c = query_cell(view, h, w)
         m, what = a[r * w + c], f"attention of the query position ({view.query_from})"
