@@ -436,3 +436,12 @@ def test_model_labels_tell_checkpoints_apart():
     assert model_labels(runs) == ["none/best", "bam/best"]
     assert model_labels(["yolov8n.yaml", "m/yolov8n-se.yaml"]) == ["yolov8n", "yolov8n-se"]
     assert model_labels(["x.pt", "x.pt"]) == ["x#1", "x#2"]
+
+
+def test_report_embeds_the_first_images_and_the_set_level_plots():
+    from yolo_attention.explain.run import CHANNEL_GROUP, _report_pictures
+
+    pics = [Picture(Path(f"{g}{i}.png"), "t", f"Image {g}") for g in "abc" for i in range(2)]
+    pics.append(Picture(Path("channels.png"), "c", CHANNEL_GROUP))
+    kept = _report_pictures(pics, 2)
+    assert [p.path.name for p in kept] == ["a0.png", "a1.png", "b0.png", "b1.png", "channels.png"]

@@ -32,6 +32,7 @@ class ExplainOptions:
     layer: int | None = None  # draw only this attention layer
     batch: int = 8
     device: str | torch.device = "cpu"
+    report_images: int = 20  # images whose pictures report.html embeds (all are written to disk)
 
 
 @dataclass
@@ -171,6 +172,12 @@ def _model_notes(run: _ModelRun, all_layers: list[AttentionLayer], opt: ExplainO
     return notes + [f"{label}: {n}" for n in run.notes]
 
 
+def _report_pictures(pictures: list[Picture], max_images: int) -> list[Picture]:
+    """The pictures of the first ``max_images`` images, and the set-level ones (a report stays a few MB)."""
+    groups = list(dict.fromkeys(p.group for p in pictures if p.group != CHANNEL_GROUP))[:max_images]
+    return [p for p in pictures if p.group in groups or p.group == CHANNEL_GROUP]
+
+
 def _load_all(models: Sequence[str | Detector], device) -> list[Detector]:
     specs = [m for m in models if not isinstance(m, Detector)]
     labels = iter(model_labels([str(s) for s in specs])) if specs else iter(())
@@ -210,7 +217,11 @@ def explain_models(models: Sequence[str | Detector], images: str | Path | list[P
             run.recorder.close()
     for run in runs:
         pictures += _channel_pictures(run, out)
+    embedded = _report_pictures(pictures, opt.report_images)
     notes = [f"skipped {s.path}: {s.reason}" for s in skipped]
+    if len(embedded) < len(pictures):
+        notes.append(f"report.html shows the first {opt.report_images} of {len(items)} images; the pictures of all "
+                     f"are under {out / 'detections'} and {out / 'attention'}")
     notes += [n for run, layers in zip(runs, all_layers) for n in _model_notes(run, layers, opt)]
     table = Table(["model", "family", "weights", "attention layers"],
                   [[d.label, d.family, "trained" if d.trained else "random (YAML)",
@@ -218,5 +229,5 @@ def explain_models(models: Sequence[str | Detector], images: str | Path | list[P
     intro = (f"{len(items)} image(s), imgsz {opt.imgsz}, conf {opt.conf:g}, CAM method {opt.method}. "
              "Attention pictures are the modules' own tensors, read with forward hooks on their declared taps.")
     report = write_report_html(out / "report.html", "yolo-attention explain", intro=intro, tables=[table],
-                               pictures=pictures, notes=notes)
+                               pictures=embedded, notes=notes)
     return Explanation(pictures, notes, skipped, report)
