@@ -188,7 +188,10 @@ def explain_models(models: Sequence[str | Detector], images: str | Path | list[P
                    options: ExplainOptions | None = None) -> Explanation:
     """Write, under ``out``: one PNG per image with every model's detections and CAM side by side
     (``detections/``), per model the pictures of its attention modules (``attention/<model>/``),
-    and ``report.html`` with all of them. Returns the pictures, notes and skipped images."""
+    and ``report.html`` with all of them. Returns the pictures, notes and skipped images.
+
+    Files of the same names in ``out`` are replaced: the command line's ``--out`` handling
+    (``cli.prepare_out``) is what refuses to write into a directory that already holds files."""
     opt = options or ExplainOptions()
     if not models:
         raise ExplainError("no model given")
