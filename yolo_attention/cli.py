@@ -30,6 +30,8 @@ COMMANDS: dict[str, Command] = {
     "ablate": Command("yolo_attention.ablate", "main", "train variants side by side and report accuracy and cost",
                       ("ultralytics",)),
     "data": Command("yolo_attention.data", "main", "generate the embedded synthetic detection dataset"),
+    "explain": Command("yolo_attention.explain", "main", "detections, CAMs and the attention modules' own maps, as pictures",
+                       ("ultralytics", "matplotlib")),
 }  # fmt: skip
 
 

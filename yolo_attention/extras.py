@@ -21,6 +21,7 @@ EXTRAS = {
     "yolov5": "classic",
     "openvino": "openvino",
     "ray": "ray",
+    "pytorch_grad_cam": "explain",
 }
 
 

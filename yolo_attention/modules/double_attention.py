@@ -20,6 +20,10 @@ For x in R^{N x C x H x W}, with L = H*W positions and three 1x1 convolutions:
 All products are per image (batched matmuls over N); no statistic mixes images of a batch.
 Softmaxes are computed in float32, so float16/bfloat16 inputs do not overflow. ``W_r`` is
 zero-initialised by default, so a freshly inserted residual block is exactly the identity.
+
+The two softmaxes are parameterless submodules (``map_softmax``, ``vector_softmax``) so that
+their outputs can be read with forward hooks (``yolo-attention explain`` draws them); they add
+nothing to the state dict.
 """
 
 from __future__ import annotations
@@ -27,10 +31,24 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..registry import register_attention
+from ..registry import AttentionTap, register_attention
 from .helpers import check_channels, check_input, check_positive, check_ratio, make_divisible
 
 __all__ = ["DoubleAttention"]
+
+
+class _Softmax32(nn.Module):
+    """Softmax along ``dim`` computed in float32 and returned in the input dtype."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=self.dim, dtype=torch.float32).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 @register_attention(
@@ -39,6 +57,10 @@ __all__ = ["DoubleAttention"]
     paper="A^2-Nets: Double Attention Networks",
     arxiv="1810.11579",
     aliases=("double_attention", "a2net", "a2nets", "a2_nets"),
+    taps=(
+        AttentionTap("map_softmax", "maps", "gathering map softmax_L(B)"),
+        AttentionTap("vector_softmax", "maps", "distribution weights softmax_cn(V)"),
+    ),
     _builtin=True,
 )
 class DoubleAttention(nn.Module):
@@ -81,9 +103,19 @@ class DoubleAttention(nn.Module):
         self.convB = nn.Conv2d(channels, c_n, 1)
         self.convV = nn.Conv2d(channels, c_n, 1)
         self.reconstruct = nn.Conv2d(c_m, channels, 1)
+        self._add_softmaxes()
         if zero_init:
             nn.init.zeros_(self.reconstruct.weight)
             nn.init.zeros_(self.reconstruct.bias)
+
+    def _add_softmaxes(self) -> None:
+        self.map_softmax = _Softmax32(dim=2)  # over the L positions: c_n attention maps
+        self.vector_softmax = _Softmax32(dim=1)  # over the c_n descriptors, at each position
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "map_softmax" not in self._modules:  # pickled before the softmaxes were submodules
+            self._add_softmaxes()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
@@ -91,8 +123,8 @@ class DoubleAttention(nn.Module):
         a = self.convA(x).flatten(2)  # N, c_m, L
         b = self.convB(x).flatten(2)  # N, c_n, L
         v = self.convV(x).flatten(2)  # N, c_n, L
-        attn_maps = torch.softmax(b, dim=2, dtype=torch.float32).to(a.dtype)  # over the L positions
-        attn_vecs = torch.softmax(v, dim=1, dtype=torch.float32).to(a.dtype)  # over the c_n descriptors
+        attn_maps = self.map_softmax(b)  # N, c_n, L: each map a distribution over the positions
+        attn_vecs = self.vector_softmax(v)  # N, c_n, L: at each position, weights over the descriptors
         g = torch.bmm(a, attn_maps.transpose(1, 2))  # N, c_m, c_n  (gathering)
         # Distribution and reconstruction, W_r (G softmax(V)) + b_r, associated as (W_r G) softmax(V) + b_r:
         # the 1x1 conv is a matrix product, so this is the same map with fewer multiply-adds when L > C,

@@ -1,0 +1,236 @@
+"""Turn captured attention tensors into panels, one way per tap kind (see ``registry.TAP_KINDS``).
+
+* ``channel`` (N, C, 1, 1) or (N, C): collected over the image set for a sorted bar plot;
+* ``spatial`` (N, 1 or C, H or 1, W or 1): the map (channels averaged) over the image;
+* ``maps`` (N, K, H, W) or (N, K, H*W): the most used of the K maps; usage is the mean of a maps tap
+  of the same module that sums to one over K (A2's descriptor weights), else the maps' peak;
+* ``routing`` (N, R, k) region indices: the query region and the k regions it routes to, and the
+  query region's token attention (asked of the module that owns the router);
+* ``tokens`` (N, heads, Q, L): the attention of the query position (Q = L = H*W) or the mean over queries.
+
+Anything of an unexpected shape becomes a note, never an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..modules.biformer import region_grid
+from .detectors import Placement
+from .figures import Box, Panel
+from .taps import AttentionLayer, Capture
+
+__all__ = ["ImageView", "layer_panels", "channel_values", "region_token_attention", "query_region", "TOP_MAPS"]
+
+TOP_MAPS = 4  # maps shown per maps tap
+QUERY_COLOR, ROUTED_COLOR = (255, 255, 255), (255, 220, 0)
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """One image of a batch: its pixels, where it lies in the model input, and the query point."""
+
+    index: int  # position in the batch
+    rgb: np.ndarray
+    placement: Placement
+    query: tuple[float, float]  # image pixels (x, y)
+    query_from: str  # where the query point came from, for titles
+
+
+class Notes(list):
+    """Notes about one image's pictures (an unexpected shape, a missing method); kept in order, once each."""
+
+    def add(self, text: str) -> None:
+        if text not in self:
+            self.append(text)
+
+
+def map_to_image(m: torch.Tensor, view: ImageView) -> np.ndarray:
+    """A map (h, w) over the model input -> the part over the image, at input resolution."""
+    up = F.interpolate(m[None, None].float(), size=view.placement.input_shape, mode="bilinear", align_corners=False)
+    return view.placement.crop(up[0, 0].numpy())
+
+
+def query_cell(view: ImageView, h: int, w: int) -> tuple[int, int]:
+    """(row, col) of the query point on an (h, w) map covering the model input."""
+    xi, yi = view.placement.to_input(*view.query)
+    hin, win = view.placement.input_shape
+    return min(max(int(yi * h / hin), 0), h - 1), min(max(int(xi * w / win), 0), w - 1)
+
+
+def _tap_tensor(layer: AttentionLayer, k: int, cap: Capture, notes: Notes) -> torch.Tensor | None:
+    tap = layer.info.taps[k]
+    t = cap.tensors.get((layer.path, k))
+    if t is None:
+        notes.add(f"{layer.label}: tap {tap.module!r} produced no tensor in this forward pass")
+        return None
+    return t
+
+
+def _as_maps(t: torch.Tensor, shape: tuple[int, ...] | None) -> torch.Tensor | None:
+    """(K, H, W) from (K, H, W) or (K, H*W) with the module's input (N, C, H, W)."""
+    if t.ndim == 3:
+        return t
+    if t.ndim == 2 and shape is not None and len(shape) == 4 and t.shape[1] == shape[2] * shape[3]:
+        return t.view(t.shape[0], shape[2], shape[3])
+    return None
+
+
+def _usage(layer: AttentionLayer, cap: Capture, n: int) -> torch.Tensor | None:
+    """Per-map usage (K,): the mean over positions of a maps tap that is a distribution over K."""
+    for k, tap in enumerate(layer.info.taps):
+        t = cap.tensors.get((layer.path, k))
+        if tap.kind != "maps" or t is None or t.ndim < 3 or t.shape[1] < 2:
+            continue
+        flat = t[n].flatten(1)
+        if torch.allclose(flat.sum(0), torch.ones(()), atol=1e-3):
+            return flat.mean(1)
+    return None
+
+
+def _maps_panels(layer, k, t, cap, view, notes) -> list[Panel]:
+    tap = layer.info.taps[k]
+    maps = _as_maps(t[view.index], cap.input_shapes.get(layer.path))
+    if maps is None:
+        notes.add(f"{layer.label}: maps tap {tap.module!r} has shape {tuple(t.shape)}, expected (N, K, H, W) or "
+                  f"(N, K, H*W) for input {cap.input_shapes.get(layer.path)}: not visualised")
+        return []
+    usage = _usage(layer, cap, view.index)
+    if usage is not None and len(usage) == len(maps):
+        order = torch.argsort(usage, descending=True, stable=True)[:TOP_MAPS].tolist()
+        what = [f"used {float(usage[j]):.1%}" for j in order]
+    else:
+        peak = maps.flatten(1).amax(1)
+        order = torch.argsort(peak, descending=True, stable=True)[:TOP_MAPS].tolist()
+        what = [f"peak {float(peak[j]):.3g}" for j in order]
+    name = tap.name or tap.module
+    return [Panel(f"{layer.label}: {name}, map {j} ({u})", view.rgb, map_to_image(maps[j], view))
+            for j, u in zip(order, what)]
+
+
+def _spatial_panels(layer, k, t, cap, view, notes) -> list[Panel]:
+    tap = layer.info.taps[k]
+    m = t[view.index]
+    if m.ndim != 3:
+        notes.add(f"{layer.label}: spatial tap {tap.module!r} has shape {tuple(t.shape)}, expected (N, C, H, W)")
+        return []
+    m = m.mean(0)
+    unit = float(m.min()) >= 0 and float(m.max()) <= 1  # a gate: draw on its full [0, 1] scale
+    return [Panel(f"{layer.label}: {tap.name or tap.module} ({m.shape[0]}x{m.shape[1]} map)", view.rgb,
+                  map_to_image(m, view), 0.0 if unit else None, 1.0 if unit else None)]
+
+
+def _tokens_panels(layer, k, t, cap, view, notes) -> list[Panel]:
+    tap = layer.info.taps[k]
+    shape = cap.input_shapes.get(layer.path)
+    a = t[view.index]
+    if a.ndim != 3 or shape is None or a.shape[-1] != shape[2] * shape[3]:
+        notes.add(f"{layer.label}: tokens tap {tap.module!r} has shape {tuple(t.shape)}, expected (N, heads, Q, H*W)"
+                  f" for input {shape}: not visualised")
+        return []
+    h, w = shape[2:]
+    a = a.mean(0)  # over heads (the recorder already averaged them): (Q, L)
+    if a.shape[0] == h * w:
+        r, c = query_cell(view, h, w)
+        m, what = a[r * w + c], f"attention of the query position ({view.query_from})"
+    else:
+        m, what = a.mean(0), "mean attention over the queries"
+    return [Panel(f"{layer.label}: {tap.name or tap.module}; {what}", view.rgb, map_to_image(m.view(h, w), view))]
+
+
+def query_region(view: ImageView, h: int, w: int, n_win: int) -> tuple[int, tuple[int, int, int, int]]:
+    """The region holding the query point, and the region grid (nh, rh, nw, rw) of an (h, w) map."""
+    nh, rh, _ = region_grid(h, n_win)
+    nw, rw, _ = region_grid(w, n_win)
+    r, c = query_cell(view, h, w)
+    return (r // rh) * nw + c // rw, (nh, rh, nw, rw)
+
+
+def region_box(region: int, grid, h: int, w: int, view: ImageView, label: str, color, dashed=False) -> Box:
+    """A region of an (h, w) map as a rectangle in image pixels (clipped to the image)."""
+    _, rh, nw, rw = grid
+    ri, rj = divmod(region, nw)
+    hin, win = view.placement.input_shape
+    sy, sx = hin / h, win / w
+    b = torch.tensor([[rj * rw * sx, ri * rh * sy, min((rj + 1) * rw, w) * sx, min((ri + 1) * rh, h) * sy]])
+    x0, y0, x1, y1 = view.placement.boxes_to_image(b)[0].tolist()
+    return Box(x0, y0, x1, y1, label, color, dashed)
+
+
+def region_token_attention(owner, x: torch.Tensor, region: int) -> torch.Tensor | None:
+    """The token attention of one query region, as a map (N, H, W) over the owner's input grid.
+
+    The one call into the module's own method (planned: ``token_attention(x, region)``, returning
+    the attention weights of the region's query tokens averaged over heads and queries, placed on
+    the input grid); None when the module has no such method.
+    """
+    fn = getattr(owner, "token_attention", None)
+    if fn is None:
+        return None
+    with torch.no_grad():
+        return fn(x, region)
+
+
+def _routing_panels(layer, k, t, cap, view, notes) -> list[Panel]:
+    tap = layer.info.taps[k]
+    owner = layer.module.get_submodule(tap.module.rpartition(".")[0])
+    x = cap.owner_inputs.get((layer.path, k))
+    n_win = getattr(owner, "n_win", None)
+    if x is None or n_win is None or t.ndim != 3:
+        notes.add(f"{layer.label}: routing tap {tap.module!r}: needs (N, R, k) indices, the owner's input and its "
+                  f"n_win (got shape {tuple(t.shape)}, n_win {n_win}): not visualised")
+        return []
+    h, w = x.shape[-2:]
+    q, grid = query_region(view, h, w, n_win)
+    if t.shape[1] != grid[0] * grid[2]:
+        notes.add(f"{layer.label}: {t.shape[1]} routed query regions, but an {h}x{w} map with n_win={n_win} has "
+                  f"{grid[0] * grid[2]}: not visualised")
+        return []
+    routed = t[view.index, q].tolist()
+    qbox = region_box(q, grid, h, w, view, f"query region {q}", QUERY_COLOR, dashed=True)
+    boxes = tuple(region_box(r, grid, h, w, view, f"routed region {r}", ROUTED_COLOR) for r in routed) + (qbox,)
+    title = f"{layer.label}: query region {q} ({view.query_from}) routes to regions {routed}"
+    panels = [Panel(title, view.rgb, boxes=boxes)]
+    a = region_token_attention(owner, x[view.index : view.index + 1], q)
+    if a is None or tuple(a.shape) != (1, h, w):
+        got = "no token_attention method" if a is None else f"token_attention returned {tuple(a.shape)}"
+        notes.add(f"{layer.label}: token attention not drawn ({got}; expected a (1, {h}, {w}) map)")
+    else:
+        panels.append(Panel(f"{layer.label}: token attention of query region {q}", view.rgb,
+                            map_to_image(a[0].float().cpu(), view), boxes=(qbox,)))
+    return panels
+
+
+_PANELS = {"spatial": _spatial_panels, "maps": _maps_panels, "routing": _routing_panels, "tokens": _tokens_panels}
+
+
+def layer_panels(layer: AttentionLayer, cap: Capture, view: ImageView, notes: Notes) -> list[Panel]:
+    """The per-image pictures of one attention layer (channel taps are drawn over the image set instead)."""
+    panels = []
+    for k, tap in enumerate(layer.info.taps):
+        if tap.kind == "channel":
+            continue
+        t = _tap_tensor(layer, k, cap, notes)
+        if t is not None:
+            panels += _PANELS[tap.kind](layer, k, t, cap, view, notes)
+    return panels
+
+
+def channel_values(layer: AttentionLayer, cap: Capture, notes: Notes) -> dict[int, np.ndarray]:
+    """Channel weights (N, C) of each channel tap (by tap number) in one forward pass."""
+    out = {}
+    for k, tap in enumerate(layer.info.taps):
+        if tap.kind != "channel":
+            continue
+        t = _tap_tensor(layer, k, cap, notes)
+        if t is None:
+            continue
+        if t.ndim == 2 or (t.ndim == 4 and t.shape[2:] == (1, 1)):
+            out[k] = t.reshape(t.shape[0], -1).numpy()
+        else:
+            notes.add(f"{layer.label}: channel tap {tap.module!r} has shape {tuple(t.shape)}, expected (N, C, 1, 1)")
+    return out
