@@ -2,6 +2,7 @@
 
 from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
+from .cbam import CBAM
 from .double_attention import DoubleAttention
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
@@ -12,6 +13,7 @@ __all__ = [
     "BAM",
     "BiLevelRoutingAttention",
     "BiFormerBlock",
+    "CBAM",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",

@@ -15,6 +15,7 @@ __all__ = [
     "check_channels",
     "check_positive",
     "check_ratio",
+    "check_odd_kernel",
     "check_input",
     "resolve_layer",
     "SafeBatchNorm2d",
@@ -63,6 +64,14 @@ def check_ratio(module: str, arg: str, value) -> float:
             )
         raise ValueError(f"{module}: argument '{arg}' must be a ratio in (0, 1], got {value!r}{hint}")
     return float(value)
+
+
+def check_odd_kernel(module: str, arg: str, value) -> int:
+    """An odd positive int kernel size: padding ``k // 2`` then keeps every length, 1 included."""
+    check_positive(module, arg, value)
+    if value % 2 == 0:
+        raise ValueError(f"{module}: argument '{arg}' must be an odd positive int (padding k // 2 keeps H x W), got {value!r}")
+    return value
 
 
 def check_input(module: nn.Module, x: torch.Tensor) -> None:

@@ -1,0 +1,148 @@
+"""Paper-faithfulness of CBAM, ECA, CoordAtt, SimAM, EMA, GAM and Triplet attention.
+
+Each module is checked against an independent float64 re-statement of its paper's equations
+(einsum and explicit shifted sums, no call into the module's own layers), and each documented
+deviation from common copies is shown to matter: the reference with the copy's choice gives a
+different result. The shape/dtype/export matrix every module passes lives in test_modules.py
+and test_export.py.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn as nn
+
+from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
+from yolo_attention import CBAM
+from yolo_attention.modules.helpers import SafeBatchNorm2d
+
+# --------------------------------------------------------------------------------------
+# Independent references (float64)
+# --------------------------------------------------------------------------------------
+
+
+def conv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-padded 'same' 2-D convolution (odd kernel) as an explicit sum over kernel offsets."""
+    kh, kw = weight.shape[-2:]
+    ph, pw = kh // 2, kw // 2
+    n, _, h, w = x.shape
+    xp = torch.zeros(n, x.shape[1], h + 2 * ph, w + 2 * pw, dtype=x.dtype)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    out = torch.zeros(n, weight.shape[0], h, w, dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out += torch.einsum("oc,nchw->nohw", weight[:, :, i, j], xp[:, :, i : i + h, j : j + w])
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def conv1x1_ref(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    out = torch.einsum("oc,nchw->nohw", conv.weight.double().flatten(1), x)
+    return out if conv.bias is None else out + conv.bias.double()[None, :, None, None]
+
+
+def bn_ref(x: torch.Tensor, bn: nn.BatchNorm2d, training: bool) -> torch.Tensor:
+    if training:
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    else:
+        mean, var = bn.running_mean.double(), bn.running_var.double()
+    x = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
+    return x * bn.weight.double()[None, :, None, None] + bn.bias.double()[None, :, None, None]
+
+
+def to64(m: nn.Module) -> nn.Module:
+    return m.double()
+
+
+# --------------------------------------------------------------------------------------
+# CBAM
+# --------------------------------------------------------------------------------------
+
+
+def cbam_ref(m: CBAM, x: torch.Tensor, spatial_order=("mean", "max"), max_pool_in_channel=True, training=False):
+    """Paper: x' = sigmoid(MLP(avg) + MLP(max)) * x;  y = sigmoid(f7x7([mean_C x'; max_C x'])) * x'."""
+
+    def mlp(z):  # z: N, C
+        w0, b0 = m.fc1.weight.double().flatten(1), m.fc1.bias.double()
+        w1, b1 = m.fc2.weight.double().flatten(1), m.fc2.bias.double()
+        return torch.relu(z @ w0.T + b0) @ w1.T + b1
+
+    logits = mlp(x.mean((2, 3)))
+    if max_pool_in_channel:
+        logits = logits + mlp(x.flatten(2).max(2).values)
+    x = x * torch.sigmoid(logits)[:, :, None, None]
+    pools = {"mean": x.mean(1, keepdim=True), "max": x.max(1, keepdim=True).values}
+    desc = torch.cat([pools[k] for k in spatial_order], dim=1)
+    s = conv_ref(desc, m.spatial_conv.weight.double(), None if m.spatial_conv.bias is None else m.spatial_conv.bias.double())
+    if isinstance(m.spatial_norm, nn.BatchNorm2d):
+        s = bn_ref(s, m.spatial_norm, training)
+    return x * torch.sigmoid(s)
+
+
+def test_cbam_matches_paper_and_each_part_matters():
+    m = to64(activate(CBAM(64))).eval()
+    assert m.rd_channels == 8 and m.spatial_conv.kernel_size == (7, 7) and m.spatial_conv.bias is not None
+    with torch.no_grad():
+        m.spatial_conv.weight.mul_(4)  # a sharp spatial gate, so that wrong variants differ clearly
+        x = torch.randn(3, 64, 9, 13, dtype=torch.float64)
+        y = m(x)
+        torch.testing.assert_close(y, cbam_ref(m, x), rtol=1e-10, atol=1e-12)
+        # the spatial descriptor order [mean; max] and the max-pooled channel descriptor both matter
+        assert rel_err(cbam_ref(m, x, spatial_order=("max", "mean")), y) > 1e-3
+        assert rel_err(cbam_ref(m, x, max_pool_in_channel=False), y) > 1e-3
+
+
+def test_cbam_hidden_width():
+    assert CBAM(256).rd_channels == 16  # C / 16
+    assert CBAM(512).rd_channels == 32
+    assert CBAM(16).rd_channels == 8  # never below the divisor (the authors' C // 16 would be 1, and 0 below 16)
+    assert CBAM(8).rd_channels == 8
+    assert CBAM(256, rd_divisor=1, rd_ratio=1 / 32).rd_channels == 8
+    assert CBAM(64, rd_channels=3).rd_channels == 3
+    assert sum(p.numel() for p in CBAM(256).parameters()) == 2 * 256 * 16 + 16 + 256 + 2 * 49 + 1
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_cbam_authors_batchnorm_variant(mode):
+    m = CBAM(32, norm_layer=SafeBatchNorm2d)
+    assert m.spatial_conv.bias is None and isinstance(m.spatial_norm, SafeBatchNorm2d)
+    m = to64(activate(m)).train(mode == "train")
+    x = torch.randn(2, 32, 7, 6, dtype=torch.float64)
+    ref = cbam_ref(m, x, training=mode == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cbam_batchnorm_variant_trains_at_batch1_1x1():
+    """Plain BatchNorm raises on one value per channel; the safe one uses its running statistics."""
+    m = CBAM(32, norm_layer=SafeBatchNorm2d).train()
+    x = torch.randn(1, 32, 1, 1, requires_grad=True)
+    y = m(x)
+    weighted_loss(y).backward()
+    assert_finite(x.grad)
+    assert m.spatial_norm.num_batches_tracked.item() == 0
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        CBAM(32, norm_layer=nn.BatchNorm2d).train()(x)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 8), (8, 1), (3, 5)])
+def test_cbam_kernel_keeps_size(size):
+    for k in (1, 3, 7, 9):
+        m = CBAM(16, k_size=k).eval()
+        x = torch.randn(2, 16, *size)
+        assert m(x).shape == x.shape
+
+
+def test_cbam_gates_are_tapped_submodules():
+    m = CBAM(32).eval()
+    seen = {}
+    hooks = [getattr(m, n).register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, o)) for n in ("channel_gate", "spatial_gate")]
+    x = torch.randn(2, 32, 5, 7)
+    y = m(x)
+    for h in hooks:
+        h.remove()
+    assert seen["channel_gate"].shape == (2, 32, 1, 1) and seen["spatial_gate"].shape == (2, 1, 5, 7)
+    torch.testing.assert_close(y, x * seen["channel_gate"] * seen["spatial_gate"])
