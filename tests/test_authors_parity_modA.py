@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from _authors import authors_module
 from _helpers import _registry_does_not_leak, weighted_loss  # noqa: F401
-from yolo_attention import CBAM
+from yolo_attention import CBAM, ECA
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
 TOL = 1e-12  # float64: only summation order differs
@@ -130,3 +130,20 @@ def test_cbam_equals_authors_code_with_their_batchnorm():
         return ours, theirs, keys
 
     run_parity(pair, [(2, 64, 9, 13), (1, 64, 7, 7), (3, 64, 5, 1), (2, 64, 1, 6)])
+
+
+# --------------------------------------------------------------------------------------
+# ECA: BangguWu/ECANet, models/eca_module.py
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [64, 256])
+def test_eca_equals_authors_code(channels):
+    mod = authors_module("BangguWu/ECANet", "models/eca_module.py")
+
+    def pair():
+        ours = ECA(channels)  # the paper's adaptive k: 3 at 64 channels, 5 at 256
+        theirs = mod.eca_layer(channels, k_size=ours.k_size)  # theirs takes k explicitly (default 3)
+        return ours, theirs, [Key("conv.weight", "conv.weight")]
+
+    run_parity(pair, [(2, channels, 9, 13), (1, channels, 1, 1), (3, channels, 4, 1)])

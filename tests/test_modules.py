@@ -549,6 +549,8 @@ BAD_ARGS = {
     "mlp_ratio": [(0, "positive"), (-1.0, "positive"), ("3", "positive")],
     "drop_path": [(1.0, "[0, 1)"), (-0.1, "[0, 1)"), ("0.1", "[0, 1)")],
     "k_size": [(0, "positive"), (4, "odd")],
+    "gamma": [(0, "positive"), (-2, "positive"), ("2", "positive"), (float("inf"), "finite")],
+    "beta": [("1", "finite number"), (float("nan"), "finite number")],
 }
 
 

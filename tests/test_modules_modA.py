@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import CBAM
+from yolo_attention import CBAM, ECA
+from yolo_attention.modules.eca import eca_kernel_size
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
 # --------------------------------------------------------------------------------------
@@ -146,3 +147,66 @@ def test_cbam_gates_are_tapped_submodules():
         h.remove()
     assert seen["channel_gate"].shape == (2, 32, 1, 1) and seen["spatial_gate"].shape == (2, 1, 5, 7)
     torch.testing.assert_close(y, x * seen["channel_gate"] * seen["spatial_gate"])
+
+
+# --------------------------------------------------------------------------------------
+# ECA
+# --------------------------------------------------------------------------------------
+
+
+def nearest_odd(t: float) -> int:
+    """|t|_odd of the paper: the odd number nearest to t (the larger one on a tie)."""
+    odds = range(1, 2 * math.ceil(t) + 3, 2)
+    return min(odds, key=lambda o: (abs(o - t), -o))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4, 8, 16, 24, 32, 64, 96, 127, 128, 192, 256, 512, 1024, 2047, 2048, 4096])
+def test_eca_adaptive_kernel_is_nearest_odd(channels):
+    expected = nearest_odd(abs(math.log2(channels) / 2 + 1 / 2))
+    assert eca_kernel_size(channels) == expected
+    assert ECA(channels).k_size == expected == ECA(channels).conv.kernel_size[0]
+
+
+def test_eca_kernel_sizes_at_yolo_widths():
+    assert {c: ECA(c).k_size for c in (16, 32, 64, 96, 128, 256, 512, 1024)} == {
+        16: 3, 32: 3, 64: 3, 96: 3, 128: 5, 256: 5, 512: 5, 1024: 5,
+    }
+    assert ECA(256, k_size=3).k_size == 3  # explicit size wins
+    assert ECA(256, gamma=1, beta=0).k_size == 9  # log2(256) = 8 -> |8|_odd = 9
+    assert sum(p.numel() for p in ECA(256).parameters()) == 5
+
+
+def eca_ref(m: ECA, x: torch.Tensor) -> torch.Tensor:
+    """s_c = sigmoid(sum_j w_j z_{c+j}), zero outside 0..C-1;  y = s * x."""
+    z = x.mean((2, 3))
+    w = m.conv.weight.double().flatten()
+    k, c = w.numel(), z.shape[1]
+    s = torch.zeros_like(z)
+    for ch in range(c):
+        for j in range(k):
+            src = ch + j - k // 2
+            if 0 <= src < c:
+                s[:, ch] += w[j] * z[:, src]
+    return x * torch.sigmoid(s)[:, :, None, None]
+
+
+@pytest.mark.parametrize("channels", [16, 256])
+def test_eca_matches_paper(channels):
+    m = to64(activate(ECA(channels))).eval()
+    with torch.no_grad():
+        m.conv.weight.copy_(torch.randn_like(m.conv.weight))
+        x = torch.randn(3, channels, 7, 5, dtype=torch.float64)
+        torch.testing.assert_close(m(x), eca_ref(m, x), rtol=1e-10, atol=1e-12)
+
+
+def test_eca_channel_neighbourhood_is_k():
+    """At C = 256 (k = 5) channel c's weight depends on channels c-2..c+2 and no others; the fixed
+    k = 3 of the common copies would miss c +- 2."""
+    m = to64(ECA(256)).eval()
+    with torch.no_grad():
+        m.conv.weight.copy_(torch.randn_like(m.conv.weight).abs() + 0.1)
+    z = torch.randn(1, 256, 1, 1, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda t: m(t).flatten() / t.flatten(), z).reshape(256, 256)
+    row = jac[100]
+    assert (row[98:103] != 0).all()
+    assert (row[:98] == 0).all() and (row[103:] == 0).all()

@@ -4,7 +4,7 @@
 them available to ultralytics model YAMLs.
 """
 
-from .modules import BAM, CBAM, SE, BiFormerBlock, BiLevelRoutingAttention, DoubleAttention, make_divisible
+from .modules import BAM, CBAM, ECA, SE, BiFormerBlock, BiLevelRoutingAttention, DoubleAttention, make_divisible
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     "BiLevelRoutingAttention",
     "BiFormerBlock",
     "CBAM",
+    "ECA",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

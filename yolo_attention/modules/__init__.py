@@ -4,6 +4,7 @@ from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .cbam import CBAM
 from .double_attention import DoubleAttention
+from .eca import ECA
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
 
@@ -14,6 +15,7 @@ __all__ = [
     "BiLevelRoutingAttention",
     "BiFormerBlock",
     "CBAM",
+    "ECA",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
