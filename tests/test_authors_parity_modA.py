@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from _authors import authors_module
 from _helpers import _registry_does_not_leak, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA
+from yolo_attention import CBAM, ECA, CoordAtt
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
 TOL = 1e-12  # float64: only summation order differs
@@ -147,3 +147,28 @@ def test_eca_equals_authors_code(channels):
         return ours, theirs, [Key("conv.weight", "conv.weight")]
 
     run_parity(pair, [(2, channels, 9, 13), (1, channels, 1, 1), (3, channels, 4, 1)])
+
+
+# --------------------------------------------------------------------------------------
+# Coordinate attention: Andrew-Qibin/CoordAttention, coordatt.py
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [64, 512])
+def test_coordatt_equals_authors_code(channels):
+    mod = authors_module("Andrew-Qibin/CoordAttention", "coordatt.py")
+
+    def pair():
+        theirs = mod.CoordAtt(channels, channels, reduction=32)
+        ours = CoordAtt(channels)
+        assert ours.rd_channels == theirs.conv1.out_channels
+        # their F_1 has a bias before BatchNorm: in training BatchNorm removes it, in evaluation it
+        # shifts the running mean; ours has none, so their bias is folded into our running mean
+        fold = lambda t: t - theirs.conv1.bias.detach()  # noqa: E731  (read after randomisation)
+        keys = [Key(f"{a}.{p}", f"{a}.{p}") for a in ("conv1", "conv_h", "conv_w") for p in ("weight", "bias")
+                if not (a == "conv1" and p == "bias")]
+        keys += [Key("bn1.weight", "bn1.weight"), Key("bn1.bias", "bn1.bias"), Key("bn1.running_var", "bn1.running_var"),
+                 Key("bn1.running_mean", "bn1.running_mean", fold)]
+        return ours, theirs, keys
+
+    run_parity(pair, [(2, channels, 9, 13), (1, channels, 1, 1), (3, channels, 5, 1), (2, channels, 1, 8)])

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA
+from yolo_attention import CBAM, ECA, CoordAtt
 from yolo_attention.modules.eca import eca_kernel_size
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
@@ -210,3 +210,78 @@ def test_eca_channel_neighbourhood_is_k():
     row = jac[100]
     assert (row[98:103] != 0).all()
     assert (row[:98] == 0).all() and (row[103:] == 0).all()
+
+
+# --------------------------------------------------------------------------------------
+# Coordinate attention
+# --------------------------------------------------------------------------------------
+
+
+def coordatt_ref(m: CoordAtt, x: torch.Tensor, training: bool, joint_bn: bool = True) -> torch.Tensor:
+    """z^h = mean over W, z^w = mean over H; f = hswish(BN(F1([z^h, z^w]))); y = x * sigmoid(F_h f^h) * sigmoid(F_w f^w)."""
+    n, c, h, w = x.shape
+    zh = torch.stack([x[:, :, i, :].mean(-1) for i in range(h)], dim=-1)  # N, C, H
+    zw = torch.stack([x[:, :, :, j].mean(-1) for j in range(w)], dim=-1)  # N, C, W
+    w1 = m.conv1.weight.double().flatten(1)
+    z = torch.cat([zh, zw], dim=2)  # N, C, H + W
+    f = torch.einsum("rc,ncl->nrl", w1, z).unsqueeze(-1)  # N, C/r, H + W, 1
+    if joint_bn:
+        f = bn_ref(f, m.bn1, training)
+    else:  # the height and width descriptors normalised separately: not the paper's module
+        f = torch.cat([bn_ref(f[:, :, :h], m.bn1, training), bn_ref(f[:, :, h:], m.bn1, training)], dim=2)
+    f = f.squeeze(-1)
+    f = f * torch.clamp(f + 3, 0, 6) / 6  # h-swish
+    gh = torch.sigmoid(torch.einsum("cr,nrl->ncl", m.conv_h.weight.double().flatten(1), f[:, :, :h]) + m.conv_h.bias.double()[:, None])
+    gw = torch.sigmoid(torch.einsum("cr,nrl->ncl", m.conv_w.weight.double().flatten(1), f[:, :, h:]) + m.conv_w.bias.double()[:, None])
+    return x * gh[:, :, :, None] * gw[:, :, None, :]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("size", [(9, 13), (1, 1), (6, 1), (1, 7)])
+def test_coordatt_matches_paper(mode, size):
+    m = to64(activate(CoordAtt(64))).train(mode == "train")
+    x = torch.randn(3, 64, *size, dtype=torch.float64)
+    ref = coordatt_ref(m, x, training=mode == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_coordatt_batchnorm_runs_over_both_descriptors_jointly():
+    m = to64(activate(CoordAtt(64))).train()
+    x = torch.randn(2, 64, 9, 13, dtype=torch.float64) + torch.linspace(-2, 2, 13, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)
+    assert rel_err(coordatt_ref(m, x, training=True, joint_bn=False), y) > 1e-3
+
+
+def test_coordatt_gate_is_separable():
+    """y / x = g^h(i) * g^w(j): a rank-1 matrix per image and channel, at any H x W."""
+    m = to64(activate(CoordAtt(32))).eval()
+    for h, w in [(9, 13), (20, 3), (5, 5)]:
+        x = torch.randn(2, 32, h, w, dtype=torch.float64).abs() + 0.5
+        with torch.no_grad():
+            ratio = m(x) / x
+        sv = torch.linalg.svdvals(ratio)  # N, C, min(H, W)
+        assert (sv[..., 1:] < 1e-10 * sv[..., :1]).all()
+        assert sv[..., 0].min() > 0
+
+
+def test_coordatt_hidden_width():
+    assert CoordAtt(256).rd_channels == 8 == max(8, 256 // 32)
+    assert CoordAtt(512).rd_channels == 16 and CoordAtt(1024).rd_channels == 32
+    assert CoordAtt(16).rd_channels == 8
+    assert CoordAtt(384, rd_channels=12).rd_channels == 12
+    assert isinstance(CoordAtt(64).act, nn.Hardswish)
+    m = CoordAtt(64, norm_layer=None)
+    assert isinstance(m.bn1, nn.Identity) and m.conv1.bias is not None
+
+
+def test_coordatt_trains_at_batch1_1x1_and_updates_statistics():
+    """At 1x1 the BatchNorm still sees two values per hidden channel (z^h and z^w)."""
+    m = CoordAtt(32).train()
+    before = m.bn1.running_mean.clone()
+    x = torch.randn(1, 32, 1, 1, requires_grad=True)
+    weighted_loss(m(x)).backward()
+    assert_finite(x.grad)
+    assert m.bn1.num_batches_tracked.item() == 1 and torch.isfinite(m.bn1.running_var).all()
+    assert not torch.equal(before, m.bn1.running_mean)

@@ -4,7 +4,17 @@
 them available to ultralytics model YAMLs.
 """
 
-from .modules import BAM, CBAM, ECA, SE, BiFormerBlock, BiLevelRoutingAttention, DoubleAttention, make_divisible
+from .modules import (
+    BAM,
+    CBAM,
+    ECA,
+    SE,
+    BiFormerBlock,
+    BiLevelRoutingAttention,
+    CoordAtt,
+    DoubleAttention,
+    make_divisible,
+)
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
 
 __version__ = "0.1.0"
@@ -25,6 +35,7 @@ __all__ = [
     "BiFormerBlock",
     "CBAM",
     "ECA",
+    "CoordAtt",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

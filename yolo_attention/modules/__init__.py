@@ -3,6 +3,7 @@
 from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .cbam import CBAM
+from .coordatt import CoordAtt
 from .double_attention import DoubleAttention
 from .eca import ECA
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
@@ -16,6 +17,7 @@ __all__ = [
     "BiFormerBlock",
     "CBAM",
     "ECA",
+    "CoordAtt",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
