@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from _authors import authors_module
 from _helpers import _registry_does_not_leak, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA, CoordAtt
+from yolo_attention import CBAM, ECA, CoordAtt, SimAM
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
 TOL = 1e-12  # float64: only summation order differs
@@ -172,3 +172,21 @@ def test_coordatt_equals_authors_code(channels):
         return ours, theirs, keys
 
     run_parity(pair, [(2, channels, 9, 13), (1, channels, 1, 1), (3, channels, 5, 1), (2, channels, 1, 8)])
+
+
+# --------------------------------------------------------------------------------------
+# SimAM: ZjjConan/SimAM, networks/attentions/simam_module.py
+# --------------------------------------------------------------------------------------
+
+
+def test_simam_equals_authors_code_and_differs_only_at_1x1():
+    mod = authors_module("ZjjConan/SimAM", "networks/attentions/simam_module.py")
+
+    def pair():
+        return SimAM(32), mod.simam_module(32, e_lambda=1e-4), []
+
+    run_parity(pair, [(2, 32, 9, 13), (1, 32, 2, 1), (3, 32, 1, 7), (2, 32, 40, 40)])
+    # one neuron per channel: theirs divides 0 by n = 0 (NaN everywhere), ours returns sigmoid(1/2) * x
+    x = torch.randn(2, 32, 1, 1, dtype=torch.float64)
+    assert torch.isnan(mod.simam_module(32)(x)).all()
+    torch.testing.assert_close(SimAM(32)(x), x * torch.sigmoid(torch.tensor(0.5, dtype=torch.float64)))

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA, CoordAtt
+from yolo_attention import CBAM, ECA, CoordAtt, SimAM
 from yolo_attention.modules.eca import eca_kernel_size
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
@@ -285,3 +285,71 @@ def test_coordatt_trains_at_batch1_1x1_and_updates_statistics():
     assert_finite(x.grad)
     assert m.bn1.num_batches_tracked.item() == 1 and torch.isfinite(m.bn1.running_var).all()
     assert not torch.equal(before, m.bn1.running_mean)
+
+
+# --------------------------------------------------------------------------------------
+# SimAM
+# --------------------------------------------------------------------------------------
+
+
+def simam_ref(x: torch.Tensor, lam: float = 1e-4, n_of=lambda m: m - 1) -> torch.Tensor:
+    """Per image and channel: e*_t = 4(s2 + lam) / ((t - mu)^2 + 2 s2 + 2 lam), s2 = sum (x - mu)^2 / n; y = sigmoid(1/e*) x."""
+    y = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            t = x[i, c]
+            m = t.numel()
+            mu = t.sum() / m
+            s2 = ((t - mu) ** 2).sum() / n_of(m)
+            energy = 4 * (s2 + lam) / ((t - mu) ** 2 + 2 * s2 + 2 * lam)
+            y[i, c] = torch.sigmoid(1 / energy) * t
+    return y
+
+
+@pytest.mark.parametrize("size", [(9, 13), (2, 1), (1, 5), (2, 2)])
+def test_simam_matches_paper_energy(size):
+    m = SimAM(8)
+    assert not list(m.parameters()) and not list(m.buffers())
+    x = torch.randn(2, 8, *size, dtype=torch.float64) * 3
+    torch.testing.assert_close(m(x), simam_ref(x), rtol=1e-10, atol=1e-12)
+    # n = M - 1, not M: the unbiased spread of the paper (visible on small maps)
+    assert rel_err(simam_ref(x, n_of=lambda m: m), m(x)) > 1e-3
+    # lambda enters: a larger one flattens the weights
+    assert rel_err(SimAM(8, e_lambda=1.0)(x), simam_ref(x, lam=1.0)) < 1e-10
+    assert rel_err(SimAM(8, e_lambda=1.0)(x), m(x)) > 1e-3
+
+
+def test_simam_single_neuron_is_finite_and_the_limit():
+    """1x1: the neuron equals its mean, so (t - mu)^2 = sigma^2 = 0 and 1/E = 1/2."""
+    m = SimAM(16).train()
+    x = (torch.randn(3, 16, 1, 1) * 10).requires_grad_(True)
+    y = m(x)
+    torch.testing.assert_close(y, x * torch.sigmoid(torch.tensor(0.5)), rtol=1e-6, atol=1e-7)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, torch.sigmoid(torch.tensor(0.5)).item()))
+    # a constant channel of any size is the same limit
+    c = torch.full((1, 16, 4, 3), 2.5)
+    torch.testing.assert_close(m(c), c * torch.sigmoid(torch.tensor(0.5)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_simam_low_precision_large_activations(dtype):
+    """(x - mu)^2 of activations ~1e3 overflows float16 (max 65504); the energy is computed in float32."""
+    x = torch.randn(2, 8, 6, 7) * 1000
+    y = SimAM(8)(x.to(dtype))
+    assert y.dtype == dtype
+    assert_finite(y)
+    assert rel_err(y, SimAM(8)(x.to(dtype).float())) < 1e-2
+
+
+def test_simam_weights_are_per_image_and_channel():
+    """Scaling or shifting one channel of one image leaves every other weight unchanged."""
+    m = SimAM(4)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    w = m(x) / x
+    x2 = x.clone()
+    x2[1, 2] = x2[1, 2] * 7 + 3
+    w2 = m(x2) / x2
+    mask = torch.ones_like(w, dtype=torch.bool)
+    mask[1, 2] = False
+    torch.testing.assert_close(w2[mask], w[mask], rtol=1e-12, atol=1e-12)

@@ -8,6 +8,7 @@ from .double_attention import DoubleAttention
 from .eca import ECA
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
+from .simam import SimAM
 
 __all__ = [
     "SE",
@@ -18,6 +19,7 @@ __all__ = [
     "CBAM",
     "ECA",
     "CoordAtt",
+    "SimAM",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
