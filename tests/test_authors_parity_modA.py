@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from _authors import authors_module
 from _helpers import _registry_does_not_leak, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA, CoordAtt, SimAM
+from yolo_attention import CBAM, ECA, EMA, CoordAtt, SimAM
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
 TOL = 1e-12  # float64: only summation order differs
@@ -190,3 +190,22 @@ def test_simam_equals_authors_code_and_differs_only_at_1x1():
     x = torch.randn(2, 32, 1, 1, dtype=torch.float64)
     assert torch.isnan(mod.simam_module(32)(x)).all()
     torch.testing.assert_close(SimAM(32)(x), x * torch.sigmoid(torch.tensor(0.5, dtype=torch.float64)))
+
+
+# --------------------------------------------------------------------------------------
+# EMA: YOLOonMe/EMA-attention-module, EMA_attention_module (a Python file without extension)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [64, 256])
+def test_ema_equals_authors_code(channels):
+    mod = authors_module("YOLOonMe/EMA-attention-module", "EMA_attention_module")
+
+    def pair():
+        theirs = mod.EMA(channels, factor=32)  # their code needs C divisible by 32
+        ours = EMA(channels)
+        assert ours.groups == 32
+        keys = [Key(f"{a}.{p}", f"{a}.{p}") for a in ("conv1x1", "conv3x3", "gn") for p in ("weight", "bias")]
+        return ours, theirs, keys
+
+    run_parity(pair, [(2, channels, 9, 13), (1, channels, 1, 1), (3, channels, 5, 1), (2, channels, 1, 8)])

@@ -555,6 +555,7 @@ BAD_ARGS = {
     "k_size": [(0, "positive"), (4, "odd")],
     "gamma": [(0, "positive"), (-2, "positive"), ("2", "positive"), (float("inf"), "finite")],
     "beta": [("1", "finite number"), (float("nan"), "finite number")],
+    "groups": [(0, "positive"), (-4, "positive"), (3, "divide"), (2.0, "positive int")],
     "e_lambda": [(0, "positive"), (-1e-4, "positive"), (float("inf"), "positive")],
 }
 

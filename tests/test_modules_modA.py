@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA, CoordAtt, SimAM
+from yolo_attention import CBAM, ECA, EMA, CoordAtt, SimAM
 from yolo_attention.modules.eca import eca_kernel_size
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
@@ -353,3 +353,80 @@ def test_simam_weights_are_per_image_and_channel():
     mask = torch.ones_like(w, dtype=torch.bool)
     mask[1, 2] = False
     torch.testing.assert_close(w2[mask], w[mask], rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# EMA
+# --------------------------------------------------------------------------------------
+
+
+def ema_ref(m: EMA, x: torch.Tensor, cross: bool = True) -> torch.Tensor:
+    """Per image and group: X1 = GN(X * sig(f^h) * sig(f^w)), X2 = conv3x3(X);
+    W = softmax_c(mean X1) . X2 + softmax_c(mean X2) . X1;  Y = X * sig(W).
+    ``cross=False`` pairs each descriptor with its own branch instead (not the paper's module)."""
+    n, c, h, w = x.shape
+    cg = c // m.groups
+    w1, b1 = m.conv1x1.weight.double().flatten(1), m.conv1x1.bias.double()
+    w3, b3 = m.conv3x3.weight.double(), m.conv3x3.bias.double()
+    gamma, beta = m.gn.weight.double(), m.gn.bias.double()
+    out = torch.empty_like(x)
+    for i in range(n):
+        for k in range(m.groups):
+            xg = x[i, k * cg : (k + 1) * cg]  # cg, h, w
+            f = w1 @ torch.cat([xg.mean(2), xg.mean(1)], dim=1) + b1[:, None]  # cg, h + w
+            t = xg * torch.sigmoid(f[:, :h])[:, :, None] * torch.sigmoid(f[:, h:])[:, None, :]
+            mu = t.mean((1, 2), keepdim=True)
+            var = ((t - mu) ** 2).mean((1, 2), keepdim=True)
+            x1 = (t - mu) / torch.sqrt(var + m.gn.eps) * gamma[:, None, None] + beta[:, None, None]
+            x2 = conv_ref(xg[None], w3, b3)[0]
+            a1 = torch.softmax(x1.mean((1, 2)), 0)
+            a2 = torch.softmax(x2.mean((1, 2)), 0)
+            p1, p2 = (x2, x1) if cross else (x1, x2)
+            wmap = (a1 @ p1.reshape(cg, -1) + a2 @ p2.reshape(cg, -1)).reshape(h, w)
+            out[i, k * cg : (k + 1) * cg] = xg * torch.sigmoid(wmap)
+    return out
+
+
+@pytest.mark.parametrize("channels,size", [(64, (9, 13)), (96, (1, 1)), (48, (5, 1)), (256, (4, 6))])
+def test_ema_matches_paper(channels, size):
+    m = to64(activate(EMA(channels))).train()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p))
+        x = torch.randn(2, channels, *size, dtype=torch.float64)
+        y = m(x)
+        torch.testing.assert_close(y, ema_ref(m, x), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(m.eval()(x), y, rtol=0, atol=0)  # no batch statistics anywhere
+        if size != (1, 1):  # the cross pairing of descriptors and maps matters
+            assert rel_err(ema_ref(m, x, cross=False), y) > 1e-3
+
+
+def test_ema_groups_rule():
+    groups = {c: EMA(c).groups for c in (16, 24, 32, 48, 64, 80, 96, 128, 256, 320, 1024)}
+    assert groups == {16: 16, 24: 24, 32: 32, 48: 24, 64: 32, 80: 20, 96: 32, 128: 32, 256: 32, 320: 32, 1024: 32}
+    assert EMA(256, groups=8).groups == 8 and EMA(256, groups=8).conv3x3.in_channels == 32
+    with pytest.raises(ValueError, match=r"EMA: argument 'groups' must divide channels=96, got 64"):
+        EMA(96, groups=64)
+    # parameters per group width cg: 1x1 conv cg^2 + cg, 3x3 conv 9 cg^2 + cg, GroupNorm 2 cg
+    cg = 256 // 32
+    assert sum(p.numel() for p in EMA(256).parameters()) == 10 * cg * cg + 4 * cg
+
+
+def test_ema_training_is_per_image():
+    """GroupNorm, not BatchNorm: in training too, an image's output does not depend on its batch."""
+    m = activate(EMA(64)).train()
+    x = torch.randn(3, 64, 7, 9)
+    with torch.no_grad():
+        batched = m(x)
+        for i in range(3):
+            torch.testing.assert_close(batched[i : i + 1], m(x[i : i + 1]), rtol=1e-5, atol=1e-6)
+
+
+def test_ema_gate_is_one_map_per_group():
+    m = activate(EMA(64)).eval()
+    seen = []
+    m.gate.register_forward_hook(lambda mod, i, o: seen.append(o))
+    x = torch.randn(2, 64, 5, 7)
+    y = m(x)
+    assert seen[0].shape == (2, 32, 5, 7)
+    torch.testing.assert_close(y, x * seen[0].repeat_interleave(2, dim=1))

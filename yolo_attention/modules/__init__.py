@@ -6,6 +6,7 @@ from .cbam import CBAM
 from .coordatt import CoordAtt
 from .double_attention import DoubleAttention
 from .eca import ECA
+from .ema import EMA
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
 from .simam import SimAM
@@ -20,6 +21,7 @@ __all__ = [
     "ECA",
     "CoordAtt",
     "SimAM",
+    "EMA",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
