@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA, EMA, CoordAtt, SimAM
+from yolo_attention import CBAM, ECA, EMA, GAM, CoordAtt, SimAM
 from yolo_attention.modules.eca import eca_kernel_size
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
@@ -430,3 +430,56 @@ def test_ema_gate_is_one_map_per_group():
     y = m(x)
     assert seen[0].shape == (2, 32, 5, 7)
     torch.testing.assert_close(y, x * seen[0].repeat_interleave(2, dim=1))
+
+
+# --------------------------------------------------------------------------------------
+# GAM
+# --------------------------------------------------------------------------------------
+
+
+def gam_ref(m: GAM, x: torch.Tensor, training: bool, channel_sigmoid: bool = True) -> torch.Tensor:
+    """M_c = sigmoid(perm^-1(MLP(perm x))); x' = M_c x; M_s = sigmoid(BN(conv7(relu(BN(conv7 x'))))); y = M_s x'.
+    ``channel_sigmoid=False`` is the widely copied snippet (raw MLP output as the channel weight)."""
+    fc0, fc1 = m.channel_mlp[0], m.channel_mlp[2]
+    v = x.permute(0, 2, 3, 1)  # N, H, W, C
+    v = torch.relu(v @ fc0.weight.double().flatten(1).T + fc0.bias.double()) @ fc1.weight.double().flatten(1).T + fc1.bias.double()
+    mc = v.permute(0, 3, 1, 2)
+    x = x * (torch.sigmoid(mc) if channel_sigmoid else mc)
+    conv_a, bn_a, _, conv_b, bn_b = m.spatial
+    s = torch.relu(bn_ref(conv_ref(x, conv_a.weight.double()), bn_a, training))
+    s = bn_ref(conv_ref(s, conv_b.weight.double()), bn_b, training)
+    return x * torch.sigmoid(s)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("size", [(9, 13), (1, 1), (3, 1)])
+def test_gam_matches_paper(mode, size):
+    m = to64(activate(GAM(32))).train(mode == "train")
+    assert m.rd_channels == 8 and m.spatial[0].kernel_size == (7, 7)
+    x = torch.randn(2, 32, *size, dtype=torch.float64)
+    ref = gam_ref(m, x, training=mode == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-12)
+    if size == (9, 13):  # the sigmoid of the channel sub-module matters
+        assert rel_err(gam_ref(m, x, training=mode == "train", channel_sigmoid=False), ref) > 1e-2
+
+
+def test_gam_sizes_and_parameters():
+    m = GAM(256)
+    assert m.rd_channels == 64
+    mlp = 2 * 256 * 64 + 64 + 256
+    convs = 2 * 256 * 64 * 49
+    norms = 2 * 64 + 2 * 256
+    assert sum(p.numel() for p in m.parameters()) == mlp + convs + norms
+    assert all(conv.bias is None for conv in (m.spatial[0], m.spatial[3]))  # BatchNorm follows
+    assert GAM(16).rd_channels == 8 and GAM(64, rd_channels=4).rd_channels == 4
+    assert GAM(32, k_size=3).spatial[0].kernel_size == (3, 3)
+
+
+def test_gam_trains_at_batch1_1x1_where_plain_batchnorm_fails():
+    x = torch.randn(1, 32, 1, 1, requires_grad=True)
+    m = GAM(32).train()
+    weighted_loss(m(x)).backward()
+    assert_finite(x.grad)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        GAM(32, norm_layer=nn.BatchNorm2d).train()(x)

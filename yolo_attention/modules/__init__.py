@@ -7,6 +7,7 @@ from .coordatt import CoordAtt
 from .double_attention import DoubleAttention
 from .eca import ECA
 from .ema import EMA
+from .gam import GAM
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
 from .simam import SimAM
@@ -22,6 +23,7 @@ __all__ = [
     "CoordAtt",
     "SimAM",
     "EMA",
+    "GAM",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
