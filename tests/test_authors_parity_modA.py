@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from _authors import authors_module
 from _helpers import _registry_does_not_leak, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA, EMA, CoordAtt, SimAM
+from yolo_attention import CBAM, ECA, EMA, CoordAtt, SimAM, TripletAttention
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
 TOL = 1e-12  # float64: only summation order differs
@@ -209,3 +209,25 @@ def test_ema_equals_authors_code(channels):
         return ours, theirs, keys
 
     run_parity(pair, [(2, channels, 9, 13), (1, channels, 1, 1), (3, channels, 5, 1), (2, channels, 1, 8)])
+
+
+# --------------------------------------------------------------------------------------
+# Triplet attention: landskape-ai/triplet-attention, triplet_attention.py (the root copy, which
+# MODELS/triplet_attention.py points to as the latest)
+# --------------------------------------------------------------------------------------
+
+
+def test_triplet_equals_authors_code():
+    mod = authors_module("landskape-ai/triplet-attention", "triplet_attention.py")
+
+    def pair():
+        theirs = mod.TripletAttention()
+        ours = TripletAttention(16, norm_layer=partial(SafeBatchNorm2d, momentum=0.01))  # their BatchNorm momentum
+        keys = []
+        for branch in ("cw", "hc", "hw"):
+            keys.append(Key(f"conv_{branch}.0.weight", f"{branch}.conv.conv.weight"))
+            for p in ("weight", "bias", "running_mean", "running_var"):
+                keys.append(Key(f"conv_{branch}.1.{p}", f"{branch}.conv.bn.{p}"))
+        return ours, theirs, keys
+
+    run_parity(pair, [(2, 16, 9, 13), (1, 16, 7, 7), (3, 16, 5, 1), (2, 16, 1, 6)])

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import CBAM, ECA, EMA, GAM, CoordAtt, SimAM
+from yolo_attention import CBAM, ECA, EMA, GAM, CoordAtt, SimAM, TripletAttention
 from yolo_attention.modules.eca import eca_kernel_size
 from yolo_attention.modules.helpers import SafeBatchNorm2d
 
@@ -483,3 +483,74 @@ def test_gam_trains_at_batch1_1x1_where_plain_batchnorm_fails():
     assert_finite(x.grad)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         GAM(32, norm_layer=nn.BatchNorm2d).train()(x)
+
+
+# --------------------------------------------------------------------------------------
+# Triplet attention
+# --------------------------------------------------------------------------------------
+
+
+def triplet_ref(m: TripletAttention, x: torch.Tensor, training: bool, zpool_order=("max", "mean")) -> torch.Tensor:
+    """The paper's rotations: permute x so that the reduced axis comes first, Z-pool it, k x k conv + BN +
+    sigmoid over the remaining plane, multiply, rotate back; average the three branches."""
+
+    def branch(t, seq):  # t: N, A, P, Q -> gate over the (P, Q) plane, times t
+        pools = {"max": t.max(1, keepdim=True).values, "mean": t.mean(1, keepdim=True)}
+        z = torch.cat([pools[k] for k in zpool_order], dim=1)
+        conv, bn = seq
+        return t * torch.sigmoid(bn_ref(conv_ref(z, conv.weight.double()), bn, training))
+
+    y_cw = branch(x.permute(0, 2, 1, 3), m.conv_cw).permute(0, 2, 1, 3)  # rotate H into the channel axis
+    y_hc = branch(x.permute(0, 3, 2, 1), m.conv_hc).permute(0, 3, 2, 1)  # rotate W into the channel axis
+    y_hw = branch(x, m.conv_hw)
+    return (y_cw + y_hc + y_hw) / 3
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shape", [(2, 16, 9, 13), (3, 24, 5, 1), (2, 8, 1, 1), (1, 12, 11, 4)])
+def test_triplet_matches_paper(mode, shape):
+    m = to64(activate(TripletAttention(shape[1]))).train(mode == "train")
+    with torch.no_grad():
+        for seq in (m.conv_cw, m.conv_hc, m.conv_hw):
+            seq[0].weight.copy_(torch.randn_like(seq[0].weight) * 0.3)  # distinct kernels per branch
+    x = torch.randn(shape, dtype=torch.float64)
+    ref = triplet_ref(m, x, training=mode == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-12)
+    if shape == (2, 16, 9, 13):  # the order of the Z-pool maps matters (the kernel's input channels)
+        assert rel_err(triplet_ref(m, x, training=mode == "train", zpool_order=("mean", "max")), ref) > 1e-3
+
+
+def test_triplet_kernel_orientation_matters():
+    """A kernel that is not symmetric distinguishes the (C, W) plane from (W, C): the module's first
+    branch must be the paper's, not its transpose."""
+    m = to64(activate(TripletAttention(16))).eval()
+    x = torch.randn(2, 16, 9, 13, dtype=torch.float64)
+    with torch.no_grad():
+        m.conv_cw[0].weight.copy_(torch.randn_like(m.conv_cw[0].weight))
+        y = m(x)
+        torch.testing.assert_close(y, triplet_ref(m, x, training=False), rtol=1e-10, atol=1e-12)
+        m.conv_cw[0].weight.copy_(m.conv_cw[0].weight.transpose(2, 3).clone())
+        assert rel_err(m(x), y) > 1e-3
+
+
+def test_triplet_parameters_and_gates():
+    m = TripletAttention(256)
+    assert sum(p.numel() for p in m.parameters()) == 3 * (2 * 49 + 2)  # three 2->1 7x7 convs + BatchNorm(1)
+    seen = {}
+    for name in ("gate_cw", "gate_hc", "gate_hw"):
+        getattr(m, name).register_forward_hook(lambda mod, i, o, name=name: seen.__setitem__(name, o))
+    x = torch.randn(2, 256, 5, 7)
+    y = m.eval()(x)
+    assert seen["gate_cw"].shape == (2, 256, 1, 7)
+    assert seen["gate_hc"].shape == (2, 256, 5, 1)
+    assert seen["gate_hw"].shape == (2, 1, 5, 7)
+    torch.testing.assert_close(y, x * (seen["gate_cw"] + seen["gate_hc"] + seen["gate_hw"]) / 3)
+
+
+def test_triplet_trains_at_batch1_1x1_where_plain_batchnorm_fails():
+    x = torch.randn(1, 16, 1, 1, requires_grad=True)
+    weighted_loss(TripletAttention(16).train()(x)).backward()
+    assert_finite(x.grad)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        TripletAttention(16, norm_layer=nn.BatchNorm2d).train()(x)

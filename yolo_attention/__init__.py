@@ -16,6 +16,7 @@ from .modules import (
     CoordAtt,
     DoubleAttention,
     SimAM,
+    TripletAttention,
     make_divisible,
 )
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
@@ -42,6 +43,7 @@ __all__ = [
     "SimAM",
     "EMA",
     "GAM",
+    "TripletAttention",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

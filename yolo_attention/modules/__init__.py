@@ -11,6 +11,7 @@ from .gam import GAM
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
 from .simam import SimAM
+from .triplet import TripletAttention
 
 __all__ = [
     "SE",
@@ -24,6 +25,7 @@ __all__ = [
     "SimAM",
     "EMA",
     "GAM",
+    "TripletAttention",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
