@@ -10,7 +10,6 @@ and test_export.py.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import pytest
 import torch
@@ -412,9 +411,10 @@ def test_ema_groups_rule():
     assert sum(p.numel() for p in EMA(256).parameters()) == 10 * cg * cg + 4 * cg
 
 
-def test_ema_training_is_per_image():
-    """GroupNorm, not BatchNorm: in training too, an image's output does not depend on its batch."""
-    m = activate(EMA(64)).train()
+@pytest.mark.parametrize("cls", [EMA, ECA, SimAM])
+def test_training_is_per_image_without_batchnorm(cls):
+    """No batch statistics (EMA's GroupNorm is per image): in training too, an image's output does not depend on its batch."""
+    m = activate(cls(64)).train()
     x = torch.randn(3, 64, 7, 9)
     with torch.no_grad():
         batched = m(x)

@@ -41,15 +41,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionTap, register_attention
-from .helpers import (
-    check_channels,
-    check_input,
-    check_odd_kernel,
-    check_positive,
-    check_ratio,
-    make_divisible,
-    resolve_layer,
-)
+from .helpers import check_channels, check_input, check_odd_kernel, resolve_layer, resolve_rd_channels
 
 __all__ = ["CBAM"]
 
@@ -95,11 +87,7 @@ class CBAM(nn.Module):
         super().__init__()
         name = type(self).__name__
         self.channels = check_channels(name, channels)
-        if rd_channels is None:
-            check_ratio(name, "rd_ratio", rd_ratio)
-            check_positive(name, "rd_divisor", rd_divisor)
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
-        self.rd_channels = check_positive(name, "rd_channels", rd_channels)
+        self.rd_channels = rd_channels = resolve_rd_channels(name, channels, rd_ratio, rd_divisor, rd_channels)
         self.k_size = check_odd_kernel(name, "k_size", k_size)
         gate = resolve_layer(name, "gate_layer", gate_layer)
 
