@@ -21,8 +21,8 @@ What differs from common copies, and why:
 
 * ultralytics' ``CBAM`` (``nn/modules/conv.py``, not a YAML name) has a channel branch of one
   C -> C 1x1 convolution on the average-pooled vector only: no bottleneck MLP and no max-pooled
-  descriptor, both of which the paper's ablation (Table 1) shows to matter. Here: the paper's
-  shared MLP on both descriptors, with r = 16.
+  descriptor, which the paper's ablation (Table 1) shows to help. Here: the paper's shared MLP
+  on both descriptors, with r = 16.
 * The authors' code (Jongchan/attention-module) computes the hidden width as ``C // r``,
   which is 0 for C < 16 and fails; here it is ``make_divisible(C / r, 8)`` (never below 8,
   exactly C / 16 for the usual YOLO widths that are multiples of 128), or ``rd_channels``.

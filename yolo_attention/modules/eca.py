@@ -24,9 +24,7 @@ formula), so k = 3 for C in [8, 128), e.g. 16, 32, 64, 96, and k = 5 for C in [1
 What differs from common copies, and why: the authors' repository (BangguWu/ECANet) and most
 snippets built on it construct the layer with a fixed ``k_size=3`` whatever C is (the adaptive
 rule is only in the paper), so at 128 channels and above they use k = 3 where the paper's
-module uses 5. Here the paper's rule is the default. Some copies implement the 1-D convolution
-as a C x C matrix or a Linear layer, which is no longer the k-parameter module of the paper.
-The pooling is ``x.mean((2, 3))`` (no adaptive pooling layer), which exports to ONNX at any H x W.
+module uses 5. Here the paper's rule is the default. The pooling is ``x.mean((2, 3))`` (no adaptive pooling layer), which exports to ONNX at any H x W.
 """
 
 from __future__ import annotations

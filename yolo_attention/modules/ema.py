@@ -22,12 +22,12 @@ the other branch's maps (the paper's two matrix products (1 x C/G) . (C/G x HW))
 per image (GroupNorm included), so no image of a batch affects another.
 
 Groups: the reshape into groups needs G to divide C. By default G is the largest divisor of C
-not above 32: 32 for every multiple of 32 (the paper's setting), 24 at C = 24, 16 at C = 16
+not above 32: 32 for every multiple of 32 (the authors' setting), 24 at C = 24, 16 at C = 16
 (one channel per group, where the channel softmax is 1 and the cross-spatial term is the sum of
 the two branches). An explicit ``groups`` must divide C, or construction fails with a clear error.
 
-What differs from common copies, and why: the authors' code (YOLOonMe/EMA-attention-module) and
-the YOLO snippets built on it assert only ``C // 32 > 0`` and then fail inside ``reshape`` for a
+What differs from common copies, and why: the authors' code (YOLOonMe/EMA-attention-module), and
+copies of it, assert only ``C // 32 > 0`` and then fail inside ``reshape`` for a
 C that 32 does not divide (e.g. 48, 80, 112), and fail outright for C < 32; here the default
 group count adapts as described. They pool with ``AdaptiveAvgPool2d``; here plain means, the
 same values, exported to ONNX at any H x W. The two weighted sums are written as broadcast

@@ -24,7 +24,7 @@ three separate multiplications; the numbers are the same, the memory traffic hig
 BatchNorm is plain ``nn.BatchNorm2d`` (momentum 0.01): the (H, W) branch has N*H*W values, one at
 batch 1 on a 1x1 map, where training raises; :class:`SafeBatchNorm2d` keeps the paper's
 BatchNorm and trains there. Pass ``norm_layer=partial(SafeBatchNorm2d, momentum=0.01)`` for their
-running-statistics momentum (ultralytics resets every BatchNorm's momentum at build anyway).
+running-statistics momentum.
 """
 
 from __future__ import annotations
