@@ -10,6 +10,7 @@ docs/authors-parity.md lists the repositories, the commits checked and the resul
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -46,7 +47,9 @@ def authors_module(repo: str, path: str, extra_sys_path: tuple[str, ...] = ()) -
     added = [str(root / p) for p in extra_sys_path]
     sys.path[:0] = added
     try:
-        spec = importlib.util.spec_from_file_location(f"_authors_{uuid.uuid4().hex}", file)
+        name = f"_authors_{uuid.uuid4().hex}"
+        # an explicit source loader also reads files without a .py suffix (EMA's authors publish one)
+        spec = importlib.util.spec_from_file_location(name, file, loader=importlib.machinery.SourceFileLoader(name, str(file)))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:

@@ -99,11 +99,14 @@ def test_every_batch_size(attn_name, batch):
 def test_batch1_training_at_1x1(attn_name):
     """A detector's last, size-1 batch reaching a 1x1 map (P5 of a tiny image) must train."""
     m = make(attn_name, 32).train()
-    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    params = list(m.parameters())  # none for a parameter-free module (SimAM)
+    opt = torch.optim.SGD(params, lr=0.01) if params else None
     for _ in range(2):
-        opt.zero_grad()
+        if opt:
+            opt.zero_grad()
         _forward_backward(m, torch.randn(1, 32, 1, 1))
-        opt.step()
+        if opt:
+            opt.step()
     for pname, p in m.named_parameters():
         assert_finite(p, f"parameter {pname} after a step")
     for bname, b in m.named_buffers():
@@ -437,8 +440,9 @@ def test_deepcopy(attn_name):
     c = copy.deepcopy(m)
     with torch.no_grad():
         torch.testing.assert_close(c(x), m(x), rtol=0, atol=0)
-        next(c.parameters()).add_(1.0)  # independent storage
-        assert not torch.equal(next(c.parameters()), next(m.parameters()))
+        if next(m.parameters(), None) is not None:  # a parameter-free module (SimAM) has no storage to share
+            next(c.parameters()).add_(1.0)  # independent storage
+            assert not torch.equal(next(c.parameters()), next(m.parameters()))
 
 
 def test_pickle(attn_name):
@@ -549,6 +553,10 @@ BAD_ARGS = {
     "mlp_ratio": [(0, "positive"), (-1.0, "positive"), ("3", "positive")],
     "drop_path": [(1.0, "[0, 1)"), (-0.1, "[0, 1)"), ("0.1", "[0, 1)")],
     "k_size": [(0, "positive"), (4, "odd")],
+    "gamma": [(0, "positive"), (-2, "positive"), ("2", "positive"), (float("inf"), "finite")],
+    "beta": [("1", "finite number"), (float("nan"), "finite number")],
+    "groups": [(0, "positive"), (-4, "positive"), (3, "divide"), (2.0, "positive int")],
+    "e_lambda": [(0, "positive"), (-1e-4, "positive"), (float("inf"), "positive")],
 }
 
 

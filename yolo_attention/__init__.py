@@ -16,7 +16,8 @@ no detector framework.
 
 from importlib import import_module as _import_module
 
-from .modules import BAM, SE, BiFormerBlock, BiLevelRoutingAttention, DoubleAttention, make_divisible
+from . import modules as _modules
+from .modules import *  # noqa: F401,F403  (every attention class: modules/__init__.py keeps the list)
 from .registry import (
     AttentionInfo,
     AttentionTap,
@@ -65,17 +66,12 @@ def __dir__():
 
 
 __all__ = [
-    "SE",
-    "DoubleAttention",
-    "BAM",
-    "BiLevelRoutingAttention",
-    "BiFormerBlock",
+    *_modules.__all__,
     "AttentionInfo",
     "AttentionTap",
     "create_attention",
     "get_attention_info",
     "list_attention",
     "register_attention",
-    "make_divisible",
     *_LAZY,
 ]

@@ -307,7 +307,7 @@ def _dual_head(d: dict) -> bool:
 
 
 def _header(d: dict, stem: str, info, at, inserted: list[int], out: Path, format: str) -> str:
-    paper = f" ({info.paper}, arXiv:{info.arxiv})" if info.paper else ""
+    paper = f" ({info.citation})" if info.paper else ""
     first = f"{stem} with {info.cls.__name__}{paper} inserted at {at}: new layers {inserted}."
     if format == "ultralytics":
         return (

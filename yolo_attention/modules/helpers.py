@@ -15,6 +15,8 @@ __all__ = [
     "check_channels",
     "check_positive",
     "check_ratio",
+    "check_odd_kernel",
+    "resolve_rd_channels",
     "check_input",
     "resolve_layer",
     "SafeBatchNorm2d",
@@ -63,6 +65,23 @@ def check_ratio(module: str, arg: str, value) -> float:
             )
         raise ValueError(f"{module}: argument '{arg}' must be a ratio in (0, 1], got {value!r}{hint}")
     return float(value)
+
+
+def check_odd_kernel(module: str, arg: str, value) -> int:
+    """An odd positive int kernel size: padding ``k // 2`` then keeps every length, 1 included."""
+    check_positive(module, arg, value)
+    if value % 2 == 0:
+        raise ValueError(f"{module}: argument '{arg}' must be an odd positive int (padding k // 2 keeps H x W), got {value!r}")
+    return value
+
+
+def resolve_rd_channels(module: str, channels: int, rd_ratio, rd_divisor, rd_channels) -> int:
+    """A bottleneck width: ``rd_channels`` if given, else ``make_divisible(channels * rd_ratio, rd_divisor)``."""
+    if rd_channels is None:
+        check_ratio(module, "rd_ratio", rd_ratio)
+        check_positive(module, "rd_divisor", rd_divisor)
+        rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
+    return check_positive(module, "rd_channels", rd_channels)
 
 
 def check_input(module: nn.Module, x: torch.Tensor) -> None:
