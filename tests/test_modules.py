@@ -549,6 +549,9 @@ BAD_ARGS = {
     "mlp_ratio": [(0, "positive"), (-1.0, "positive"), ("3", "positive")],
     "drop_path": [(1.0, "[0, 1)"), (-0.1, "[0, 1)"), ("0.1", "[0, 1)")],
     "k_size": [(0, "positive"), (4, "odd")],
+    "num_branches": [(0, "positive"), (2.0, "positive int")],
+    "groups": [(0, "positive"), (-4, "positive"), (2.5, "positive int")],
+    "min_rd_channels": [(0, "positive")],
 }
 
 

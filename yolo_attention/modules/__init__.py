@@ -5,6 +5,7 @@ from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .double_attention import DoubleAttention
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
+from .sk import SKAttention
 
 __all__ = [
     "SE",
@@ -12,6 +13,7 @@ __all__ = [
     "BAM",
     "BiLevelRoutingAttention",
     "BiFormerBlock",
+    "SKAttention",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",

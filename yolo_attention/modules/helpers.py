@@ -19,6 +19,7 @@ __all__ = [
     "resolve_layer",
     "SafeBatchNorm2d",
     "LayerNorm2d",
+    "largest_divisor",
 ]
 
 
@@ -151,3 +152,14 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+
+
+def largest_divisor(n: int, at_most: int, step: int = 1) -> int:
+    """The largest ``g <= at_most`` with ``n % (g * step) == 0`` (at least 1; ``step`` must divide ``n``).
+
+    Used to clamp a paper's group count to the channels at hand, e.g. 32 groups at C = 24 -> 24.
+    """
+    for g in range(min(at_most, n // step), 0, -1):
+        if n % (g * step) == 0:
+            return g
+    return 1

@@ -1,0 +1,129 @@
+"""Equality with the authors' own PyTorch code, same weights, float64, forward and gradients.
+
+Skips cleanly unless YOLO_ATTENTION_AUTHORS_CODE names a directory holding the authors'
+repositories (see tests/_authors.py); docs/authors-parity.md records commits and results.
+Where a documented deviation makes the outputs differ, the parts that agree are compared
+(the deviating part is taken from one side for both) and the deviation itself is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import types
+import uuid
+
+import pytest
+import torch
+import torch.nn as nn
+
+from _authors import authors_module, authors_root
+from _helpers import _registry_does_not_leak, activate  # noqa: F401
+from yolo_attention import SKAttention
+
+
+@contextlib.contextmanager
+def _package(directory, name: str):
+    """Make ``directory`` importable as a throw-away package ``name`` (for files with relative imports)."""
+    pkg = types.ModuleType(name)
+    pkg.__path__ = [str(directory)]
+    sys.modules[name] = pkg
+    try:
+        yield pkg
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+
+
+def _randomise(*modules: nn.Module, seed: int = 0) -> None:
+    """Random parameters and running statistics (the authors' inits zero some; equality must cover every path)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in modules:
+            for p in mod.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+            for sub in mod.modules():
+                if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                    sub.running_mean.copy_(torch.randn(sub.running_mean.shape, generator=g, dtype=sub.running_mean.dtype) * 0.1)
+                    sub.running_var.copy_(torch.rand(sub.running_var.shape, generator=g, dtype=sub.running_var.dtype) + 0.5)
+
+
+def _assert_grads_equal(pairs, rtol=1e-9, atol=1e-10):
+    for name, ours, theirs in pairs:
+        assert ours.grad is not None and theirs.grad is not None, name
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+# --------------------------------------------------------------------------------------
+# SK: the authors' code is Caffe (implus/SKNet). The first author's PyTorch collection
+# (implus/PytorchInsight, resnet_sk.py) has an SK bottleneck whose two branches are a plain
+# 3x3 and a grouped 3x3 (the paper: grouped 3x3 and grouped dilated 3x3) and which puts
+# BatchNorm on the squeezed vector. Compared: the fuse/select computation, with their two
+# branch modules placed in ours, in eval mode, their BN folded into our fc1 bias.
+# --------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+def _pytorchinsight_sk_bottleneck(planes: int):
+    root = authors_root("implus/PytorchInsight")
+    directory = root / "classification" / "models" / "imagenet"
+    if not (directory / "resnet_sk.py").is_file():
+        pytest.skip(f"authors' code not available: {directory / 'resnet_sk.py'} does not exist")
+    name = f"_authors_{uuid.uuid4().hex}"
+    with _package(directory, name):
+        mod = importlib.import_module(f"{name}.resnet_sk")
+        block = mod.Bottleneck(planes, planes)
+    # feed the SK part directly: conv1/bn1 become identities (inputs are non-negative, so relu is too)
+    block.conv1, block.bn1 = nn.Identity(), nn.Identity()
+    return block
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9), (1, 5, 5), (3, 12, 8)])
+def test_sk_select_matches_pytorchinsight(shape):
+    planes = 64
+    theirs = _pytorchinsight_sk_bottleneck(planes).double()
+    _randomise(theirs)
+    theirs.eval()
+    ours = SKAttention(planes).double().eval()
+    # their squeeze width is planes // 16 (4 here); ours follows the paper's max(C/16, 32): use theirs
+    ours.rd_channels = theirs.conv_fc1.out_channels
+    ours.fc1 = nn.Conv2d(planes, ours.rd_channels, 1).double()
+    ours.fc2 = nn.Conv2d(ours.rd_channels, 2 * planes, 1, bias=False).double()
+    ours.branches = nn.ModuleList(
+        [nn.Sequential(theirs.conv2, theirs.bn2, nn.ReLU()), nn.Sequential(theirs.conv2g, theirs.bn2g, nn.ReLU())]
+    )
+    bn = theirs.bn_fc1
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    with torch.no_grad():
+        ours.fc1.weight.copy_(theirs.conv_fc1.weight * scale[:, None, None, None])
+        ours.fc1.bias.copy_(bn.bias - scale * bn.running_mean)
+        ours.fc2.weight.copy_(theirs.conv_fc2.weight)
+
+    captured = {}
+
+    def stop_at_conv3(mod, args):  # the SK output V is conv3's input; the rest of their block is not SK
+        captured["d"] = args[0]
+        raise _Stop
+
+    theirs.conv3.register_forward_pre_hook(stop_at_conv3)
+    x = torch.randn(shape[0], planes, *shape[1:], dtype=torch.float64).abs()
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    with pytest.raises(_Stop):
+        theirs(xa + 0)  # their first ReLU is in place: give it a non-leaf
+    y_ours = ours(xb)
+    torch.testing.assert_close(y_ours, captured["d"], rtol=1e-10, atol=1e-12)
+
+    g = torch.randn_like(y_ours)
+    torch.autograd.backward([y_ours, captured["d"]], [g, g])
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-10)
+    # shared branch modules: their parameters got both contributions; compare the squeeze layers
+    torch.testing.assert_close(ours.fc2.weight.grad, theirs.conv_fc2.weight.grad, rtol=1e-9, atol=1e-10)
+    # dL/dW_theirs = scale * dL/dW'_ours; dL/dbeta_theirs = dL/db'_ours
+    torch.testing.assert_close(
+        theirs.conv_fc1.weight.grad, ours.fc1.weight.grad * scale[:, None, None, None], rtol=1e-9, atol=1e-10
+    )
+    torch.testing.assert_close(theirs.bn_fc1.bias.grad, ours.fc1.bias.grad, rtol=1e-9, atol=1e-10)

@@ -1,0 +1,159 @@
+"""Paper-faithfulness of SK, Shuffle Attention, SGE, ELA, MLCA, CPCA and LSKA.
+
+Each module is checked against an independent, straightforward restatement of its paper's
+equations in float64 (loops, einsum, explicit pooling), plus the behaviour its docstring
+promises where it deviates from the paper or from common copies. The shared contract (shapes,
+dtypes, batch 1, export) is tested for every registered module in test_modules.py/test_export.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
+from yolo_attention import SKAttention
+from yolo_attention.modules.helpers import largest_divisor
+
+
+def _grad_step(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    y = m(x)
+    weighted_loss(y).backward()
+    assert_finite(x.grad, "input gradient")
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    return y
+
+
+def _bn(t: torch.Tensor, bn: nn.BatchNorm2d, training: bool) -> torch.Tensor:
+    if training:
+        mean, var = t.mean((0, 2, 3)), t.var((0, 2, 3), unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    t = (t - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
+    return t * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+
+
+def test_largest_divisor():
+    assert [largest_divisor(c, 32) for c in (16, 24, 32, 48, 96, 256, 1024, 7)] == [16, 24, 32, 24, 32, 32, 32, 7]
+    assert [largest_divisor(c, 64, step=2) for c in (16, 24, 32, 96, 256, 1024, 30)] == [8, 12, 16, 48, 64, 64, 15]
+    for c in range(2, 200, 2):
+        g = largest_divisor(c, 64, step=2)
+        assert c % (2 * g) == 0 and all(c % (2 * h) for h in range(g + 1, 65))
+
+
+# --------------------------------------------------------------------------------------
+# SK: Selective Kernel Networks (arXiv:1903.06586)
+# --------------------------------------------------------------------------------------
+
+
+def _sk_reference(m: SKAttention, x: torch.Tensor, training: bool, softmax_dim: int = 1) -> torch.Tensor:
+    """Paper: U_m = relu(BN(conv3x3 dilation m+1, G groups)); s = GAP(sum U_m); z = relu(W s + b);
+    a = softmax over branches of (A_m z); V = sum a_m U_m."""
+    feats = []
+    for mdx, branch in enumerate(m.branches):
+        conv, bn = branch[0], branch[1]
+        d = mdx + 1
+        assert conv.dilation == (d, d) and conv.kernel_size == (3, 3) and conv.groups == m.groups
+        feats.append(torch.relu(_bn(F.conv2d(x, conv.weight, padding=d, dilation=d, groups=m.groups), bn, training)))
+    s = sum(feats).mean((2, 3))  # N, C
+    z = torch.relu(s @ m.fc1.weight.flatten(1).T + m.fc1.bias)  # N, d
+    logits = (z @ m.fc2.weight.flatten(1).T).view(x.shape[0], m.num_branches, m.channels)  # N, M, C
+    a = torch.softmax(logits, dim=softmax_dim)
+    return sum(a[:, i, :, None, None] * feats[i] for i in range(m.num_branches))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("channels,branches", [(64, 2), (48, 3)])
+def test_sk_matches_paper(mode, channels, branches):
+    m = activate(SKAttention(channels, num_branches=branches)).double().train(mode == "train")
+    with torch.no_grad():
+        m.fc2.weight.mul_(4)  # sharper selection, so a wrong softmax dimension shows
+    x = torch.randn(3, channels, 9, 11, dtype=torch.float64)
+    ref = _sk_reference(m, x, training=mode == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-10)
+    # the restatement is discriminating: a softmax over the channels is a different function
+    wrong = _sk_reference(m, x, training=mode == "train", softmax_dim=2)
+    assert rel_err(wrong, ref) > 0.05
+
+
+def test_sk_defaults_follow_paper():
+    m = SKAttention(256)
+    assert m.num_branches == 2 and m.groups == 32 and m.rd_channels == 32  # d = max(256/16, 32)
+    assert SKAttention(1024).rd_channels == 64  # d = max(1024/16, 32)
+    assert [b[0].dilation for b in m.branches] == [(1, 1), (2, 2)]  # 3x3 and "5x5" as dilated 3x3
+    assert m.fc2.bias is None and m.fc2.out_channels == 2 * 256
+    # groups clamped to a divisor of C
+    assert [SKAttention(c).groups for c in (16, 24, 48, 96)] == [16, 24, 24, 32]
+    for c in (16, 24, 48, 96):
+        assert SKAttention(c).branches[0][0].weight.shape == (c, c // SKAttention(c).groups, 3, 3)
+
+
+def test_sk_selection_weights_sum_to_one_across_branches():
+    m = activate(SKAttention(32, num_branches=3)).eval()
+    seen = {}
+    m.select.register_forward_hook(lambda mod, i, o: seen.setdefault("a", o))
+    with torch.no_grad():
+        m(torch.randn(2, 32, 7, 5))
+    a = seen["a"].view(2, 3, 32)
+    torch.testing.assert_close(a.sum(1), torch.ones(2, 32))
+    assert (a.sum(2) - 1).abs().max() > 0.1  # not normalised over channels
+
+
+def test_sk_identical_branches_give_the_branch_output():
+    """If every branch computes the same map, the weights (summing to 1 per channel) cannot change it."""
+    m = activate(SKAttention(32)).eval()
+    with torch.no_grad():
+        b0, b1 = m.branches
+        b1[0].dilation, b1[0].padding = (1, 1), (1, 1)
+        b1[0].weight.copy_(b0[0].weight)
+        b1[1].load_state_dict(b0[1].state_dict())
+        m.fc2.weight.normal_(0, 3)
+        x = torch.randn(2, 32, 6, 9)
+        torch.testing.assert_close(m(x), b0(x), rtol=1e-5, atol=1e-6)
+
+
+def test_sk_no_batchnorm_on_the_pooled_vector():
+    """The paper's BN after the squeeze fails in training at batch 1; this module trains there."""
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        nn.BatchNorm2d(32).train()(torch.randn(1, 32, 1, 1))  # what the paper's BN on z would do
+    m = SKAttention(64).train()
+    squeeze = [m.fc1, m.act, m.fc2, m.select]
+    assert not any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for s in squeeze for mod in s.modules())
+    _grad_step(m, torch.randn(1, 64, 7, 7))
+
+
+def test_sk_eval_equals_paper_with_folded_batchnorm():
+    """The paper's z = relu(BN(W s)) in eval mode is relu(W' s + b') with W' = g W / sqrt(v + eps),
+    b' = beta - g m / sqrt(v + eps): the bias form loses nothing at inference."""
+    torch.manual_seed(1)
+    c, d = 64, 32
+    w = torch.randn(d, c, dtype=torch.float64) * 0.2
+    bn = activate(nn.BatchNorm1d(d)).double().eval()
+    m = activate(SKAttention(c)).double().eval()
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    with torch.no_grad():
+        m.fc1.weight.copy_((scale[:, None] * w).view(d, c, 1, 1))
+        m.fc1.bias.copy_(bn.bias - scale * bn.running_mean)
+    x = torch.randn(2, c, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        feats = [b(x) for b in m.branches]
+        s = sum(feats).mean((2, 3))
+        z_paper = torch.relu(bn(s @ w.T))
+        torch.testing.assert_close(m.act(m.fc1(s[:, :, None, None])).flatten(1), z_paper)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sk_low_precision_selection_stays_normalised(dtype):
+    m = activate(SKAttention(32)).to(dtype).eval()
+    with torch.no_grad():
+        m.fc2.weight.mul_(50)  # saturating logits
+        y = m(torch.randn(1, 32, 5, 5).to(dtype))
+    assert y.dtype == dtype
+    assert_finite(y)
