@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from _authors import authors_module, authors_root
 from _helpers import _registry_does_not_leak, activate  # noqa: F401
-from yolo_attention import SKAttention
+from yolo_attention import ShuffleAttention, SKAttention
 
 
 @contextlib.contextmanager
@@ -34,6 +34,24 @@ def _package(directory, name: str):
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
+
+
+_REPO_TOP_LEVEL = {"utils", "models", "nnunet"}  # generic names the authors' files import from their repositories
+
+
+@contextlib.contextmanager
+def _own_top_level_modules():
+    """While the authors' file loads, its ``utils``/``models`` are its repository's, not those of another
+    test (a classic YOLO repository); afterwards the previous entries of ``sys.modules`` are restored."""
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in _REPO_TOP_LEVEL}
+    for key in saved:
+        del sys.modules[key]
+    try:
+        yield
+    finally:
+        for key in [k for k in sys.modules if k.split(".")[0] in _REPO_TOP_LEVEL]:
+            del sys.modules[key]
+        sys.modules.update(saved)
 
 
 def _randomise(*modules: nn.Module, seed: int = 0) -> None:
@@ -127,3 +145,33 @@ def test_sk_select_matches_pytorchinsight(shape):
         theirs.conv_fc1.weight.grad, ours.fc1.weight.grad * scale[:, None, None, None], rtol=1e-9, atol=1e-10
     )
     torch.testing.assert_close(theirs.bn_fc1.bias.grad, ours.fc1.bias.grad, rtol=1e-9, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------
+# Shuffle Attention: wofmanaf/SA-Net, models/sa_resnet.py, sa_layer (channels divisible by 2G)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels,groups,shape", [(256, 64, (2, 7, 9)), (64, 8, (1, 1, 1)), (96, 16, (3, 12, 5))])
+def test_shuffle_matches_sa_net(channels, groups, shape):
+    with _own_top_level_modules():
+        mod = authors_module("wofmanaf/SA-Net", "models/sa_resnet.py", extra_sys_path=(".",))
+    theirs = mod.sa_layer(channels, groups=groups).double()
+    ours = ShuffleAttention(channels, groups=groups).double()
+    assert ours.groups == groups
+    _randomise(theirs)
+    with torch.no_grad():
+        for name in ("cweight", "cbias", "sweight", "sbias"):
+            getattr(ours, name).copy_(getattr(theirs, name).flatten())
+        ours.gn.load_state_dict(theirs.gn.state_dict())
+    x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = theirs(xa), ours(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(ya)
+    torch.autograd.backward([ya, yb], [g, g])
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
+    pairs = [(n, getattr(ours, n), getattr(theirs, n)) for n in ("cweight", "cbias", "sweight", "sbias")]
+    for name, a, b in pairs:
+        torch.testing.assert_close(a.grad, b.grad.flatten(), rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    _assert_grads_equal([("gn.weight", ours.gn.weight, theirs.gn.weight), ("gn.bias", ours.gn.bias, theirs.gn.bias)])

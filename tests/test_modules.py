@@ -188,6 +188,9 @@ def test_eval_is_deterministic_and_train_eval_consistent(attn_name):
 # of convA/convB/convV) vanish at init; W_r and b_r themselves get gradients.
 ZERO_GRAD_AT_INIT = {
     "a2": {"convA.weight", "convA.bias", "convB.weight", "convB.bias", "convV.weight", "convV.bias"},
+    # Shuffle Attention's spatial gate is sigmoid(W_2 GN(x) + b_2) with W_2 = 0 at init (the authors'):
+    # GN's affine gets a gradient once W_2 moves
+    "shuffle": {"gn.weight", "gn.bias"},
 }
 
 

@@ -157,3 +157,83 @@ def test_sk_low_precision_selection_stays_normalised(dtype):
         y = m(torch.randn(1, 32, 5, 5).to(dtype))
     assert y.dtype == dtype
     assert_finite(y)
+
+
+# --------------------------------------------------------------------------------------
+# Shuffle Attention (arXiv:2102.00240)
+# --------------------------------------------------------------------------------------
+
+
+def _shuffle_reference(m, x: torch.Tensor, shuffle: bool = True) -> torch.Tensor:
+    """Paper, group by group: X'_k1 = sigmoid(W1 mean(X_k1) + b1) X_k1; X'_k2 = sigmoid(W2 GN(X_k2) + b2) X_k2;
+    concatenate the groups; channel shuffle with 2 groups."""
+    n, c_all, h, w = x.shape
+    c = m.group_channels
+    w1, b1, w2, b2 = (p[None, :, None, None] for p in (m.cweight, m.cbias, m.sweight, m.sbias))
+    parts = []
+    for k in range(m.groups):
+        xk = x[:, 2 * c * k : 2 * c * (k + 1)]
+        x1, x2 = xk[:, :c], xk[:, c:]
+        y1 = torch.sigmoid(w1 * x1.mean((2, 3), keepdim=True) + b1) * x1
+        mu = x2.mean((2, 3), keepdim=True)
+        var = x2.var((2, 3), unbiased=False, keepdim=True)
+        gn = (x2 - mu) / torch.sqrt(var + m.gn.eps) * m.gn.weight[None, :, None, None] + m.gn.bias[None, :, None, None]
+        y2 = torch.sigmoid(w2 * gn + b2) * x2
+        parts += [y1, y2]
+    cat = torch.cat(parts, 1)
+    if not shuffle:
+        return cat
+    out = torch.empty_like(cat)
+    for k in range(2):
+        for j in range(c_all // 2):
+            out[:, 2 * j + k] = cat[:, k * (c_all // 2) + j]
+    return out
+
+
+@pytest.mark.parametrize("channels,groups", [(256, 64), (48, 4), (24, 64)])
+def test_shuffle_matches_paper(channels, groups):
+    from yolo_attention import ShuffleAttention
+
+    m = activate(ShuffleAttention(channels, groups=groups)).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 1)
+    x = torch.randn(2, channels, 7, 6, dtype=torch.float64)
+    ref = _shuffle_reference(m, x)
+    with torch.no_grad():
+        for mode in (True, False):  # GN has no running statistics: train == eval
+            torch.testing.assert_close(m.train(mode)(x), ref, rtol=1e-10, atol=1e-12)
+    assert rel_err(_shuffle_reference(m, x, shuffle=False), ref) > 0.5  # the shuffle is checked
+
+
+def test_shuffle_groups_and_parameters():
+    from yolo_attention import ShuffleAttention
+
+    m = ShuffleAttention(256)
+    assert m.groups == 64 and m.group_channels == 2  # paper G = 64: c = C / 2G
+    assert sum(p.numel() for p in m.parameters()) == 6 * 2  # W1, b1, W2, b2 and GN's affine, shared by groups
+    assert [ShuffleAttention(c).groups for c in (16, 24, 32, 96, 1024)] == [8, 12, 16, 48, 64]
+    assert torch.equal(m.cweight, torch.zeros(2)) and torch.equal(m.cbias, torch.ones(2))  # authors' init
+    with pytest.raises(ValueError, match=r"ShuffleAttention: argument 'channels' must be even.*15"):
+        ShuffleAttention(15)
+
+
+def test_shuffle_fresh_module_gates_at_sigmoid_one():
+    """W = 0, b = 1 at init: every gate is sigmoid(1), so the output is the shuffled input times sigmoid(1)."""
+    from yolo_attention import ShuffleAttention
+
+    m = ShuffleAttention(32, groups=4).eval()
+    x = torch.randn(2, 32, 5, 4)
+    with torch.no_grad():
+        y = m(x)
+    shuffled = x.reshape(2, 2, 16, 5, 4).transpose(1, 2).reshape(2, 32, 5, 4)
+    torch.testing.assert_close(y, shuffled * torch.sigmoid(torch.tensor(1.0)))
+
+
+def test_shuffle_1x1_map_is_finite_and_trains():
+    """GN over a single position maps to its bias (no NaN): the spatial gate is constant there."""
+    from yolo_attention import ShuffleAttention
+
+    m = activate(ShuffleAttention(32, groups=4)).train()
+    y = _grad_step(m, torch.randn(1, 32, 1, 1))
+    assert_finite(y)

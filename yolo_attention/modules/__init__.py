@@ -5,6 +5,7 @@ from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .double_attention import DoubleAttention
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
+from .shuffle import ShuffleAttention
 from .sk import SKAttention
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "BiLevelRoutingAttention",
     "BiFormerBlock",
     "SKAttention",
+    "ShuffleAttention",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
