@@ -17,10 +17,11 @@ import uuid
 import pytest
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from _authors import authors_module, authors_root
 from _helpers import _registry_does_not_leak, activate  # noqa: F401
-from yolo_attention import ShuffleAttention, SKAttention
+from yolo_attention import ShuffleAttention, SKAttention, SpatialGroupEnhance
 
 
 @contextlib.contextmanager
@@ -175,3 +176,64 @@ def test_shuffle_matches_sa_net(channels, groups, shape):
     for name, a, b in pairs:
         torch.testing.assert_close(a.grad, b.grad.flatten(), rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
     _assert_grads_equal([("gn.weight", ours.gn.weight, theirs.gn.weight), ("gn.bias", ours.gn.bias, theirs.gn.bias)])
+
+
+# --------------------------------------------------------------------------------------
+# SGE: implus/PytorchInsight, classification/models/imagenet/resnet_sge.py, SpatialGroupEnhance.
+# Their normalisation uses Tensor.std (unbiased, m - 1); the paper and ours the population
+# std (m). Compared with their std call switched to the population estimator (a torch
+# function mode; their code is otherwise run as is), and the deviation itself is measured.
+# --------------------------------------------------------------------------------------
+
+
+class _PopulationStd(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.std:
+            kwargs.pop("unbiased", None)
+            kwargs["correction"] = 0
+        return func(*args, **kwargs)
+
+
+def _sge_pair(channels: int, groups: int):
+    root = authors_root("implus/PytorchInsight")
+    directory = root / "classification" / "models" / "imagenet"
+    if not (directory / "resnet_sge.py").is_file():
+        pytest.skip(f"authors' code not available: {directory / 'resnet_sge.py'} does not exist")
+    name = f"_authors_{uuid.uuid4().hex}"
+    with _package(directory, name):
+        theirs = importlib.import_module(f"{name}.resnet_sge").SpatialGroupEnhance(groups).double()
+    ours = SpatialGroupEnhance(channels, groups=groups).double()
+    assert ours.groups == groups
+    _randomise(theirs)
+    with torch.no_grad():
+        ours.weight.copy_(theirs.weight.flatten())
+        ours.bias.copy_(theirs.bias.flatten())
+    return ours, theirs
+
+
+@pytest.mark.parametrize("channels,groups,shape", [(256, 64, (2, 7, 9)), (64, 8, (1, 3, 3)), (96, 32, (3, 12, 5))])
+def test_sge_matches_pytorchinsight_with_population_std(channels, groups, shape):
+    ours, theirs = _sge_pair(channels, groups)
+    x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    with _PopulationStd():
+        ya = theirs(xa)
+    yb = ours(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(ya)
+    torch.autograd.backward([ya, yb], [g, g])
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad.flatten(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad.flatten(), rtol=1e-9, atol=1e-12)
+
+
+def test_sge_pytorchinsight_unbiased_std_deviation():
+    """As published, their module differs from the paper's on small maps and is NaN at a 1x1 map."""
+    ours, theirs = _sge_pair(64, 8)
+    x = torch.randn(2, 64, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert (theirs(x) - ours(x)).abs().max() > 1e-3
+        with pytest.warns(UserWarning, match="degrees of freedom"):
+            assert torch.isnan(theirs(torch.randn(1, 64, 1, 1, dtype=torch.float64))).all()
+        assert torch.isfinite(ours(torch.randn(1, 64, 1, 1, dtype=torch.float64))).all()

@@ -237,3 +237,86 @@ def test_shuffle_1x1_map_is_finite_and_trains():
     m = activate(ShuffleAttention(32, groups=4)).train()
     y = _grad_step(m, torch.randn(1, 32, 1, 1))
     assert_finite(y)
+
+
+# --------------------------------------------------------------------------------------
+# SGE: Spatial Group-wise Enhance (arXiv:1905.09646)
+# --------------------------------------------------------------------------------------
+
+
+def _sge_reference(m, x: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Paper, group by group and position by position: c_i = g . x_i with g the mean feature;
+    a_i = gamma (c_i - mu) / (sigma + eps) + beta (population sigma); y_i = x_i sigmoid(a_i)."""
+    n, c, h, w = x.shape
+    cg = c // m.groups
+    out = torch.empty_like(x)
+    for b in range(n):
+        for k in range(m.groups):
+            xk = x[b, k * cg : (k + 1) * cg].reshape(cg, h * w)  # features x_i as columns
+            g = xk.mean(1)
+            sim = torch.stack([g @ xk[:, i] for i in range(h * w)])
+            mu = sim.mean()
+            sigma = sim.std(unbiased=True) if unbiased else torch.sqrt(((sim - mu) ** 2).mean())
+            a = m.weight[k] * (sim - mu) / (sigma + 1e-5) + m.bias[k]
+            out[b, k * cg : (k + 1) * cg] = (xk * torch.sigmoid(a)).reshape(cg, h, w)
+    return out
+
+
+@pytest.mark.parametrize("channels,groups,size", [(64, 8, (5, 7)), (24, 64, (3, 3)), (32, 4, (1, 6))])
+def test_sge_matches_paper(channels, groups, size):
+    from yolo_attention import SpatialGroupEnhance
+
+    m = SpatialGroupEnhance(channels, groups=groups).double()
+    with torch.no_grad():
+        m.weight.normal_(0, 2)
+        m.bias.normal_(0, 1)
+    x = torch.randn(2, channels, *size, dtype=torch.float64)
+    ref = _sge_reference(m, x)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-12)
+        # the authors' unbiased std is a different function on small maps
+        assert (_sge_reference(m, x, unbiased=True) - ref).abs().max() > 1e-3
+
+
+def test_sge_defaults_and_groups():
+    from yolo_attention import SpatialGroupEnhance
+
+    m = SpatialGroupEnhance(256)
+    assert m.groups == 64 and torch.equal(m.weight, torch.zeros(64)) and torch.equal(m.bias, torch.ones(64))
+    assert [SpatialGroupEnhance(c).groups for c in (16, 24, 32, 96, 1024)] == [16, 24, 32, 48, 64]
+
+
+def test_sge_1x1_and_constant_groups_are_finite():
+    """At one position (or a constant similarity map) the paper gives a = beta; the unbiased std of the
+    authors' code gives NaN there."""
+    from yolo_attention import SpatialGroupEnhance
+
+    with pytest.warns(UserWarning, match="degrees of freedom"):
+        assert torch.isnan(torch.tensor([[2.0]]).std(dim=1)).all()  # what Tensor.std does at m = 1
+    m = SpatialGroupEnhance(32, groups=8).double().train()
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+        m.bias.normal_()
+    x = torch.randn(2, 32, 1, 1, dtype=torch.float64)
+    y = _grad_step(m, x)
+    torch.testing.assert_close(y, x * torch.sigmoid(m.bias).repeat_interleave(4)[None, :, None, None])
+    assert m.weight.grad.abs().max() == 0  # (c - mu) = 0: gamma has no effect at one position
+    m.zero_grad()
+    # every position identical (float64: in float32 the rounding noise of c - mu is amplified by 1/eps)
+    const = torch.ones(1, 32, 4, 5, dtype=torch.float64) * torch.randn(1, 32, 1, 1, dtype=torch.float64)
+    y = _grad_step(m, const)
+    torch.testing.assert_close(y, const * torch.sigmoid(m.bias).repeat_interleave(4)[None, :, None, None], atol=1e-9, rtol=1e-9)
+
+
+def test_sge_low_precision_statistics():
+    """bfloat16 input, statistics in float32: a nearly constant map is not turned into noise."""
+    from yolo_attention import SpatialGroupEnhance
+
+    m = SpatialGroupEnhance(32, groups=8).eval()
+    with torch.no_grad():
+        m.weight.fill_(2.0)
+    x = (3 + 0.05 * torch.randn(2, 32, 9, 9)).to(torch.bfloat16)  # the same (rounded) input for both
+    with torch.no_grad():
+        y32 = m(x.float())
+        y16 = m.to(torch.bfloat16)(x)
+    assert rel_err(y16, y32) < 0.01  # output rounding only (bfloat16 has 8 mantissa bits)

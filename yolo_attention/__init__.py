@@ -12,6 +12,7 @@ from .modules import (
     DoubleAttention,
     SKAttention,
     ShuffleAttention,
+    SpatialGroupEnhance,
     make_divisible,
 )
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
@@ -34,6 +35,7 @@ __all__ = [
     "BiFormerBlock",
     "SKAttention",
     "ShuffleAttention",
+    "SpatialGroupEnhance",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

@@ -5,6 +5,7 @@ from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .double_attention import DoubleAttention
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
+from .sge import SpatialGroupEnhance
 from .shuffle import ShuffleAttention
 from .sk import SKAttention
 
@@ -16,6 +17,7 @@ __all__ = [
     "BiFormerBlock",
     "SKAttention",
     "ShuffleAttention",
+    "SpatialGroupEnhance",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
