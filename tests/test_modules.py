@@ -555,6 +555,8 @@ BAD_ARGS = {
     "num_branches": [(0, "positive"), (2.0, "positive int")],
     "groups": [(0, "positive"), (-4, "positive"), (2.5, "positive int")],
     "min_rd_channels": [(0, "positive")],
+    "variant": [("X", "'T'"), (3, "'T'")],
+    "gn_groups": [(0, "positive"), (1.5, "positive int")],
 }
 
 

@@ -320,3 +320,94 @@ def test_sge_low_precision_statistics():
         y32 = m(x.float())
         y16 = m.to(torch.bfloat16)(x)
     assert rel_err(y16, y32) < 0.01  # output rounding only (bfloat16 has 8 mantissa bits)
+
+
+# --------------------------------------------------------------------------------------
+# ELA: Efficient Local Attention (arXiv:2403.01123)
+# --------------------------------------------------------------------------------------
+
+
+def _conv1d_loops(z: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Zero-padded 'same' grouped 1D convolution written out tap by tap."""
+    n, c, length = z.shape
+    k = weight.shape[-1]
+    per = c // groups
+    zp = F.pad(z, (k // 2, k // 2))
+    out = torch.zeros_like(z)
+    for o in range(c):
+        g = o // per
+        for i in range(per):
+            for t in range(k):
+                out[:, o] += weight[o, i, t] * zp[:, g * per + i, t : t + length]
+    return out
+
+
+def _group_norm_ref(z: torch.Tensor, gn: nn.GroupNorm) -> torch.Tensor:
+    n, c, length = z.shape
+    zg = z.reshape(n, gn.num_groups, -1)
+    mu = zg.mean(2, keepdim=True)
+    var = ((zg - mu) ** 2).mean(2, keepdim=True)
+    zn = ((zg - mu) / torch.sqrt(var + gn.eps)).reshape(n, c, length)
+    return zn * gn.weight[None, :, None] + gn.bias[None, :, None]
+
+
+def _ela_reference(m, x: torch.Tensor) -> torch.Tensor:
+    """Paper: y_h = sigmoid(GN(F(mean_W x))), y_w = sigmoid(GN(F(mean_H x))), same F and GN; Y = x y_h y_w."""
+    z_h, z_w = x.mean(3), x.mean(2)
+    y_h = torch.sigmoid(_group_norm_ref(_conv1d_loops(z_h, m.conv.weight, m.groups), m.gn))
+    y_w = torch.sigmoid(_group_norm_ref(_conv1d_loops(z_w, m.conv.weight, m.groups), m.gn))
+    return x * y_h[:, :, :, None] * y_w[:, :, None, :]
+
+
+@pytest.mark.parametrize("variant,channels,size", [("T", 32, (6, 9)), ("B", 48, (7, 5)), ("S", 32, (1, 8)), ("L", 64, (9, 1))])
+def test_ela_matches_paper(variant, channels, size):
+    from yolo_attention import ELA
+
+    m = activate(ELA(channels, variant=variant)).double()
+    with torch.no_grad():
+        m.gn.weight.normal_(1, 0.5)
+        m.gn.bias.normal_(0, 0.5)
+    x = torch.randn(2, channels, *size, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), _ela_reference(m, x), rtol=1e-10, atol=1e-12)
+
+
+def test_ela_variants_follow_the_paper_table():
+    from yolo_attention import ELA
+
+    expected = {"T": (5, 256, 32), "B": (7, 256, 16), "S": (5, 32, 16), "L": (7, 32, 16)}
+    for v, (k, groups, gn) in expected.items():
+        m = ELA(256, variant=v)
+        assert (m.k_size, m.groups, m.gn_groups) == (k, groups, gn), v
+        assert m.conv.weight.shape == (256, 256 // groups, k) and m.conv.bias is None
+    assert ELA(256).variant == "B" and ELA(256, variant="ela-s").variant == "S"
+    m = ELA(256, variant="T", k_size=9, groups=64, gn_groups=8)  # explicit values override the variant
+    assert (m.k_size, m.groups, m.gn_groups) == (9, 64, 8)
+    # clamping to divisors of C
+    assert ELA(24, variant="T").gn_groups == 24 and ELA(12, variant="S").groups == 1 and ELA(40, variant="S").groups == 5
+    assert not any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in ELA(64).modules())
+
+
+def test_ela_shares_conv_and_norm_between_axes():
+    """One F and one GN for rows and columns: transposing the input transposes the output."""
+    from yolo_attention import ELA
+
+    m = activate(ELA(32, variant="S")).eval()
+    x = torch.randn(2, 32, 7, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x.transpose(2, 3)), m(x).transpose(2, 3), rtol=1e-5, atol=1e-6)
+    assert sum(p.numel() for p in m.parameters()) == 32 * 8 * 5 + 2 * 32  # one conv, one GN affine
+
+
+def test_ela_1x1_single_value_groups():
+    """C = 16 with 16 norm groups at a 1x1 map: one value per group normalises to 0, gates sigmoid(bias)^2."""
+    from yolo_attention import ELA
+
+    m = activate(ELA(16)).train()
+    with torch.no_grad():
+        m.gn.bias.normal_()
+    x = torch.randn(1, 16, 1, 1)
+    y = _grad_step(m, x)
+    torch.testing.assert_close(y, x * torch.sigmoid(m.gn.bias)[None, :, None, None] ** 2)
+    with pytest.raises(ValueError, match="Expected more than 1 value"):  # what nn.GroupNorm would do
+        nn.GroupNorm(16, 16)(torch.randn(1, 16, 1))

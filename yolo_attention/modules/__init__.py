@@ -3,6 +3,7 @@
 from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .double_attention import DoubleAttention
+from .ela import ELA
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
 from .sge import SpatialGroupEnhance
@@ -18,6 +19,7 @@ __all__ = [
     "SKAttention",
     "ShuffleAttention",
     "SpatialGroupEnhance",
+    "ELA",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",

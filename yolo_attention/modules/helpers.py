@@ -18,8 +18,10 @@ __all__ = [
     "check_input",
     "resolve_layer",
     "SafeBatchNorm2d",
+    "SafeGroupNorm",
     "LayerNorm2d",
     "largest_divisor",
+    "check_odd",
 ]
 
 
@@ -51,6 +53,13 @@ def check_positive(module: str, arg: str, value, integer: bool = True):
     if isinstance(value, bool) or not ok or value <= 0:
         kind = "a positive int" if integer else "a positive number"
         raise ValueError(f"{module}: argument '{arg}' must be {kind}, got {value!r}")
+    return value
+
+
+def check_odd(module: str, arg: str, value) -> int:
+    """A positive odd int (a kernel size that keeps the length with padding k // 2)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 2 == 0:
+        raise ValueError(f"{module}: argument '{arg}' must be a positive odd int, got {value!r}")
     return value
 
 
@@ -126,6 +135,19 @@ class SafeBatchNorm2d(nn.BatchNorm2d):
                 return out if self.weight is None else out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         return super().forward(x)
+
+
+class SafeGroupNorm(nn.GroupNorm):
+    """GroupNorm that accepts a group holding a single value (one channel per group at a 1x1 map, batch 1).
+
+    ``F.group_norm`` refuses such input ("Expected more than 1 value per channel when training"),
+    although GroupNorm is defined there: the value minus its mean is 0, so the output is the
+    affine bias. This calls the same ATen operator without that Python-side check; every other
+    input gives exactly ``nn.GroupNorm``'s result (same parameters, same state dict).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
 
 
 class LayerNorm2d(nn.LayerNorm):

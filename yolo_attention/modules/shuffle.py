@@ -23,7 +23,8 @@ largest value not above ``groups`` for which 2G divides C (64 at C = 256; 8 at C
 C = 24, 48 at C = 96), so c = C / (2G) is at least 1 and every even channel count builds.
 
 Nothing mixes images of a batch (GN statistics are per image and channel); at a 1x1 map GN
-maps every value to its bias, which is finite.
+maps every value to its bias, which is finite (:class:`SafeGroupNorm` allows the single value
+per group that ``nn.GroupNorm`` refuses at C = 2).
 
 What differs from common copies, and why: the widely copied ``ShuffleAttention`` snippet
 defaults to G = 8 (the paper uses 64) and fails with a shape error when C is not divisible by
@@ -37,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionTap, register_attention
-from .helpers import check_channels, check_input, check_positive, largest_divisor
+from .helpers import SafeGroupNorm, check_channels, check_input, check_positive, largest_divisor
 
 __all__ = ["ShuffleAttention"]
 
@@ -77,7 +78,7 @@ class ShuffleAttention(nn.Module):
         self.cbias = nn.Parameter(torch.ones(self.group_channels))
         self.sweight = nn.Parameter(torch.zeros(self.group_channels))
         self.sbias = nn.Parameter(torch.ones(self.group_channels))
-        self.gn = nn.GroupNorm(self.group_channels, self.group_channels)
+        self.gn = SafeGroupNorm(self.group_channels, self.group_channels)
         self.channel_gate = nn.Sigmoid()
         self.spatial_gate = nn.Sigmoid()
 
