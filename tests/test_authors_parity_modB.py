@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from _authors import authors_module, authors_root
 from _helpers import _registry_does_not_leak, activate  # noqa: F401
-from yolo_attention import ShuffleAttention, SKAttention, SpatialGroupEnhance
+from yolo_attention import MLCA, ShuffleAttention, SKAttention, SpatialGroupEnhance
 
 
 @contextlib.contextmanager
@@ -237,3 +237,30 @@ def test_sge_pytorchinsight_unbiased_std_deviation():
         with pytest.warns(UserWarning, match="degrees of freedom"):
             assert torch.isnan(theirs(torch.randn(1, 64, 1, 1, dtype=torch.float64))).all()
         assert torch.isfinite(ours(torch.randn(1, 64, 1, 1, dtype=torch.float64))).all()
+
+
+# --------------------------------------------------------------------------------------
+# MLCA: wandahangFY/MLCA, MLCA.py, class MLCA (adaptive pooling works at any size in eager mode)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "channels,shape", [(64, (2, 10, 15)), (64, (1, 1, 1)), (64, (3, 7, 13)), (256, (2, 33, 47)), (32, (1, 3, 4))]
+)
+def test_mlca_matches_authors(channels, shape):
+    mod = authors_module("wandahangFY/MLCA", "MLCA.py")
+    theirs = mod.MLCA(channels).double()
+    ours = MLCA(channels).double()
+    assert ours.k_size == theirs.conv.kernel_size[0] and ours.local_size == theirs.local_size
+    _randomise(theirs)
+    ours.load_state_dict(theirs.state_dict())  # same names: conv (global), conv_local
+    x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = theirs(xa), ours(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(ya)
+    torch.autograd.backward([ya, yb], [g, g])
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
+    _assert_grads_equal(
+        [("conv", ours.conv.weight, theirs.conv.weight), ("conv_local", ours.conv_local.weight, theirs.conv_local.weight)]
+    )

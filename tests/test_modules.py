@@ -557,6 +557,10 @@ BAD_ARGS = {
     "min_rd_channels": [(0, "positive")],
     "variant": [("X", "'T'"), (3, "'T'")],
     "gn_groups": [(0, "positive"), (1.5, "positive int")],
+    "local_size": [(0, "positive"), (2.5, "positive int")],
+    "local_weight": [(1.5, "[0, 1]"), (-0.1, "[0, 1]"), ("0.5", "[0, 1]")],
+    "gamma": [(0, "positive"), (-2, "positive")],
+    "beta": [("1", "number"), (None, "number")],
 }
 
 

@@ -411,3 +411,74 @@ def test_ela_1x1_single_value_groups():
     torch.testing.assert_close(y, x * torch.sigmoid(m.gn.bias)[None, :, None, None] ** 2)
     with pytest.raises(ValueError, match="Expected more than 1 value"):  # what nn.GroupNorm would do
         nn.GroupNorm(16, 16)(torch.randn(1, 16, 1))
+
+
+# --------------------------------------------------------------------------------------
+# MLCA: Mixed Local Channel Attention (EAAI 2023, DOI 10.1016/j.engappai.2023.106442)
+# --------------------------------------------------------------------------------------
+
+
+def _conv1d_seq(seq: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """1 -> 1 channel zero-padded 'same' convolution of (N, L) sequences, tap by tap."""
+    k = weight.numel()
+    padded = F.pad(seq, (k // 2, k // 2))
+    return sum(weight.flatten()[t] * padded[:, t : t + seq.shape[1]] for t in range(k))
+
+
+def _mlca_reference(m, x: torch.Tensor, per_cell_conv: bool = False) -> torch.Tensor:
+    """Paper/authors: LAP to s x s (PyTorch's adaptive pooling), g = mean of the cells, a_g = sigmoid(ECA conv(g)),
+    a_l = sigmoid(conv' over the cell-major sequence), A = (1-l) a_g + l a_l, y = x * UNAP_{HxW}(A)."""
+    n, c, h, w = x.shape
+    s = m.local_size
+    cells = F.adaptive_avg_pool2d(x, s)  # N, C, s, s
+    a_g = torch.sigmoid(_conv1d_seq(cells.mean((2, 3)), m.conv.weight))  # N, C
+    seq = cells.permute(0, 2, 3, 1).reshape(n, s * s * c)  # cell after cell, C channels each
+    if per_cell_conv:  # the plausible misreading: one ECA per cell, padded at the cell's borders
+        conv = torch.cat([_conv1d_seq(seq[:, p * c : (p + 1) * c], m.conv_local.weight) for p in range(s * s)], 1)
+    else:
+        conv = _conv1d_seq(seq, m.conv_local.weight)
+    a_l = torch.sigmoid(conv).reshape(n, s, s, c).permute(0, 3, 1, 2)
+    att = (1 - m.local_weight) * a_g[:, :, None, None] + m.local_weight * a_l
+    return x * F.adaptive_avg_pool2d(att, (h, w))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 4), (5, 5), (10, 15), (7, 13), (33, 47), (1, 9)])
+def test_mlca_matches_paper_at_any_size(size):
+    from yolo_attention import MLCA
+
+    m = MLCA(32).double()
+    with torch.no_grad():
+        m.conv.weight.normal_(0, 1)
+        m.conv_local.weight.normal_(0, 1)
+    x = torch.randn(2, 32, *size, dtype=torch.float64)
+    ref = _mlca_reference(m, x)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-12)
+    if size == (10, 15):  # the single sequence crosses cell borders: a per-cell ECA differs
+        assert (_mlca_reference(m, x, per_cell_conv=True) - ref).abs().max() > 1e-3
+
+
+def test_mlca_pool_matrices_are_adaptive_pooling():
+    from yolo_attention.modules.mlca import adaptive_pool_matrix
+
+    for n_in in (1, 2, 4, 5, 7, 13, 40):
+        for n_out in (1, 3, 5, 9):
+            x = torch.randn(3, n_in, dtype=torch.float64)
+            ref = F.adaptive_avg_pool1d(x[:, None], n_out)[:, 0]
+            torch.testing.assert_close(x @ adaptive_pool_matrix(n_in, n_out, x).T, ref)
+
+
+def test_mlca_kernel_rule_and_mix():
+    from yolo_attention import MLCA
+    from yolo_attention.modules.mlca import eca_kernel_size
+
+    assert [eca_kernel_size(c) for c in (16, 32, 64, 128, 256, 512, 1024)] == [3, 3, 3, 5, 5, 5, 5]
+    assert MLCA(256).k_size == 5 and MLCA(256, k_size=7).conv_local.kernel_size == (7,)
+    assert MLCA(256).local_size == 5 and MLCA(256).local_weight == 0.5
+    # lambda = 0: the global ECA gate alone (s divides H and W: g is the global mean)
+    m = MLCA(32, local_weight=0.0).double()
+    x = torch.randn(2, 32, 10, 15, dtype=torch.float64)
+    eca = torch.sigmoid(_conv1d_seq(x.mean((2, 3)), m.conv.weight))
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), x * eca[:, :, None, None])
+    assert sum(p.numel() for p in MLCA(256).parameters()) == 2 * 5

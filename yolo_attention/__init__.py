@@ -14,6 +14,7 @@ from .modules import (
     ShuffleAttention,
     SpatialGroupEnhance,
     ELA,
+    MLCA,
     make_divisible,
 )
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
@@ -38,6 +39,7 @@ __all__ = [
     "ShuffleAttention",
     "SpatialGroupEnhance",
     "ELA",
+    "MLCA",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

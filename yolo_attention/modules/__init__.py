@@ -5,6 +5,7 @@ from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .double_attention import DoubleAttention
 from .ela import ELA
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
+from .mlca import MLCA
 from .se import SE
 from .sge import SpatialGroupEnhance
 from .shuffle import ShuffleAttention
@@ -20,6 +21,7 @@ __all__ = [
     "ShuffleAttention",
     "SpatialGroupEnhance",
     "ELA",
+    "MLCA",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
