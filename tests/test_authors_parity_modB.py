@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from _authors import authors_module, authors_root
 from _helpers import _registry_does_not_leak, activate  # noqa: F401
-from yolo_attention import MLCA, ShuffleAttention, SKAttention, SpatialGroupEnhance
+from yolo_attention import CPCA, MLCA, ShuffleAttention, SKAttention, SpatialGroupEnhance
 
 
 @contextlib.contextmanager
@@ -264,3 +264,99 @@ def test_mlca_matches_authors(channels, shape):
     _assert_grads_equal(
         [("conv", ours.conv.weight, theirs.conv.weight), ("conv_local", ours.conv_local.weight, theirs.conv_local.weight)]
     )
+
+
+# --------------------------------------------------------------------------------------
+# CPCA: Cuthbert-Huang/CPCANet, CPCANet/nnunet/network_architecture/CPCANet.py, RepBlock.
+# Their block is conv1x1 -> GELU -> [CA -> SA] -> conv1x1 with ONE 1x1 convolution shared by the
+# input projection, SA's mixing and the output projection, and their CA sums two sigmoids
+# (the paper: one sigmoid of the sum). Compared: their RepBlock(x) against
+# conv(ours(GELU(conv(x)))) with their conv as our SA mix and their ChannelAttention module
+# placed in ours; separately, the channel attention deviation is measured.
+# --------------------------------------------------------------------------------------
+
+
+def _stub(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    return mod
+
+
+def _cpcanet_module():
+    """Their file imports nnU-Net's training framework (batchgenerators, ml_collections, thop); only
+    torch layers are used by RepBlock, so those imports are stubbed while the file loads."""
+    pytest.importorskip("einops")
+    pytest.importorskip("timm")
+    stubs = {
+        "nnunet": _stub("nnunet"),
+        "nnunet.utilities": _stub("nnunet.utilities"),
+        "nnunet.utilities.nd_softmax": _stub("nnunet.utilities.nd_softmax", softmax_helper=None),
+        "nnunet.network_architecture": _stub("nnunet.network_architecture"),
+        "nnunet.network_architecture.initialization": _stub("nnunet.network_architecture.initialization", InitWeights_He=None),
+        "nnunet.network_architecture.neural_network": _stub(
+            "nnunet.network_architecture.neural_network", SegmentationNetwork=nn.Module
+        ),
+        "nnunet.network_configuration": _stub("nnunet.network_configuration"),
+        "nnunet.network_configuration.config": _stub("nnunet.network_configuration.config", CONFIGS={}),
+        "thop": _stub("thop", profile=None),
+    }
+    with _own_top_level_modules():
+        saved_thop = sys.modules.get("thop")
+        sys.modules.update(stubs)
+        try:
+            return authors_module("Cuthbert-Huang/CPCANet", "CPCANet/nnunet/network_architecture/CPCANet.py")
+        finally:
+            for key in stubs:
+                sys.modules.pop(key, None)
+            if saved_thop is not None:
+                sys.modules["thop"] = saved_thop
+
+
+def _cpca_pair(channels: int):
+    mod = _cpcanet_module()
+    theirs = mod.RepBlock(channels, channels).double()
+    _randomise(theirs)
+    ours = CPCA(channels).double()
+    assert ours.rd_channels == theirs.ca.fc1.out_channels
+    with torch.no_grad():
+        ours.channel_prior.fc1.load_state_dict(theirs.ca.fc1.state_dict())
+        ours.channel_prior.fc2.load_state_dict(theirs.ca.fc2.state_dict())
+        ours.conv0.load_state_dict(theirs.dconv5_5.state_dict())
+        for strip, k in zip(ours.strips, (7, 11, 21)):
+            strip[0].load_state_dict(getattr(theirs, f"dconv1_{k}").state_dict())
+            strip[1].load_state_dict(getattr(theirs, f"dconv{k}_1").state_dict())
+        ours.mix.load_state_dict(theirs.conv.state_dict())
+    return ours, theirs
+
+
+@pytest.mark.parametrize("channels,shape", [(32, (2, 9, 13)), (64, (1, 1, 1)), (16, (3, 24, 7))])
+def test_cpca_matches_cpcanet_with_their_channel_attention(channels, shape):
+    ours, theirs = _cpca_pair(channels)
+    ours.channel_prior = theirs.ca  # the documented CA deviation taken from their side
+    x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya = theirs(xa)
+    yb = theirs.conv(ours(theirs.act(theirs.conv(xb))))  # their block's projections around our attention
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    torch.testing.assert_close(torch.autograd.grad(yb, xb, g, retain_graph=True)[0], xa.grad, rtol=1e-9, atol=1e-12)
+    # parameter gradients: our copies of the depthwise convolutions against theirs
+    ours_params = dict(ours.named_parameters())
+    pairs = [("conv0.weight", "dconv5_5.weight"), ("conv0.bias", "dconv5_5.bias")]
+    for i, k in enumerate((7, 11, 21)):
+        pairs += [(f"strips.{i}.0.weight", f"dconv1_{k}.weight"), (f"strips.{i}.1.bias", f"dconv{k}_1.bias")]
+    grads = torch.autograd.grad(yb, [ours_params[a] for a, _ in pairs], g)
+    theirs_params = dict(theirs.named_parameters())
+    for (a, b), ga in zip(pairs, grads):
+        torch.testing.assert_close(ga, theirs_params[b].grad, rtol=1e-9, atol=1e-12, msg=lambda m: f"{a}: {m}")
+
+
+def test_cpca_channel_attention_deviation():
+    """Their CA is sigmoid(MLP(avg)) + sigmoid(MLP(max)) in (0, 2); ours (the paper) sigmoid(MLP(avg) + MLP(max))."""
+    ours, theirs = _cpca_pair(32)
+    x = torch.randn(2, 32, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = theirs.ca(x), ours.channel_prior(x)
+        assert a.shape == b.shape == (2, 32, 1, 1)
+        assert (a - b).abs().max() > 0.1 and a.max() > 1 and b.max() < 1

@@ -482,3 +482,65 @@ def test_mlca_kernel_rule_and_mix():
     with torch.no_grad():
         torch.testing.assert_close(m(x), x * eca[:, :, None, None])
     assert sum(p.numel() for p in MLCA(256).parameters()) == 2 * 5
+
+
+# --------------------------------------------------------------------------------------
+# CPCA: Channel Prior Convolutional Attention (arXiv:2306.05196)
+# --------------------------------------------------------------------------------------
+
+
+def _depthwise_loops(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """'same' zero-padded depthwise convolution, tap by tap."""
+    kh, kw = conv.kernel_size
+    h, w = x.shape[2:]
+    xp = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2))
+    out = conv.bias[None, :, None, None].expand_as(x).clone()
+    for u in range(kh):
+        for v in range(kw):
+            out = out + conv.weight[None, :, 0, u, v, None, None] * xp[:, :, u : u + h, v : v + w]
+    return out
+
+
+def _cpca_reference(m, x: torch.Tensor, authors_ca: bool = False) -> torch.Tensor:
+    """Paper: F_c = sigmoid(MLP(avg) + MLP(max)) F; D = dw5x5(F_c); SA = 1x1(D + sum_k dw_kx1(dw_1xk(D))); out = SA F_c."""
+
+    fc1, fc2 = m.channel_prior.fc1, m.channel_prior.fc2
+
+    def mlp(v):  # v: N, C
+        hidden = torch.relu(v @ fc1.weight.flatten(1).T + fc1.bias)
+        return hidden @ fc2.weight.flatten(1).T + fc2.bias
+
+    avg, mx = x.mean((2, 3)), x.amax((2, 3))
+    ca = torch.sigmoid(mlp(avg)) + torch.sigmoid(mlp(mx)) if authors_ca else torch.sigmoid(mlp(avg) + mlp(mx))
+    f = x * ca[:, :, None, None]
+    d = _depthwise_loops(f, m.conv0)
+    s = d + sum(_depthwise_loops(_depthwise_loops(d, first), second) for first, second in m.strips)
+    sa = torch.einsum("oc,nchw->nohw", m.mix.weight.flatten(1), s) + m.mix.bias[None, :, None, None]
+    return sa * f
+
+
+@pytest.mark.parametrize("size", [(9, 13), (1, 1), (4, 23), (25, 3)])
+def test_cpca_matches_paper(size):
+    from yolo_attention import CPCA
+
+    m = activate(CPCA(16)).double()
+    x = torch.randn(2, 16, *size, dtype=torch.float64)
+    ref = _cpca_reference(m, x)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-12)
+        # the authors' code sums two sigmoids (a gate in (0, 2)): a different function
+        assert rel_err(_cpca_reference(m, x, authors_ca=True), ref) > 0.2
+
+
+def test_cpca_layers_follow_paper():
+    from yolo_attention import CPCA
+
+    m = CPCA(256)
+    assert m.rd_channels == 64  # r = 4
+    assert m.conv0.kernel_size == (5, 5) and m.conv0.groups == 256
+    kernels = [conv.kernel_size for strip in m.strips for conv in strip]
+    assert kernels == [(1, 7), (7, 1), (1, 11), (11, 1), (1, 21), (21, 1)]
+    assert all(conv.groups == 256 for strip in m.strips for conv in strip)
+    assert m.mix.kernel_size == (1, 1) and m.mix.groups == 1
+    # no normalisation anywhere: batch independent in training too
+    assert not any(isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) for mod in m.modules())

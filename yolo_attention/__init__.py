@@ -15,6 +15,7 @@ from .modules import (
     SpatialGroupEnhance,
     ELA,
     MLCA,
+    CPCA,
     make_divisible,
 )
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
@@ -40,6 +41,7 @@ __all__ = [
     "SpatialGroupEnhance",
     "ELA",
     "MLCA",
+    "CPCA",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

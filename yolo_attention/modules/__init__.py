@@ -2,6 +2,7 @@
 
 from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
+from .cpca import CPCA
 from .double_attention import DoubleAttention
 from .ela import ELA
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
@@ -22,6 +23,7 @@ __all__ = [
     "SpatialGroupEnhance",
     "ELA",
     "MLCA",
+    "CPCA",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
