@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from _authors import authors_module, authors_root
 from _helpers import _registry_does_not_leak, activate  # noqa: F401
-from yolo_attention import CPCA, MLCA, ShuffleAttention, SKAttention, SpatialGroupEnhance
+from yolo_attention import CPCA, LSKA, MLCA, ShuffleAttention, SKAttention, SpatialGroupEnhance
 
 
 @contextlib.contextmanager
@@ -360,3 +360,43 @@ def test_cpca_channel_attention_deviation():
         a, b = theirs.ca(x), ours.channel_prior(x)
         assert a.shape == b.shape == (2, 32, 1, 1)
         assert (a - b).abs().max() > 0.1 and a.max() > 1 and b.max() < 1
+
+
+# --------------------------------------------------------------------------------------
+# LSKA: StevenLauHKHK/Large-Separable-Kernel-Attention, models/van.py, class LSKA (the unit)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def van_module():
+    """Their models/van.py, imported once: its timm @register_model needs it in sys.modules."""
+    pytest.importorskip("timm")
+    import warnings
+
+    root = authors_root("StevenLauHKHK/Large-Separable-Kernel-Attention")
+    if not (root / "models" / "van.py").is_file():
+        pytest.skip(f"authors' code not available: {root / 'models' / 'van.py'} does not exist")
+    name = f"_authors_{uuid.uuid4().hex}"
+    with _package(root / "models", name), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm's deprecated import paths and re-registrations
+        yield importlib.import_module(f"{name}.van")
+
+
+@pytest.mark.parametrize("k_size", [7, 11, 23, 35, 41, 53])
+def test_lska_matches_authors(van_module, k_size):
+    mod = van_module
+    channels = 16
+    theirs = mod.LSKA(channels, k_size).double()
+    ours = LSKA(channels, k_size=k_size).double()
+    _randomise(theirs)
+    ours.load_state_dict(theirs.state_dict())  # same layer names
+    for shape in [(2, 13, 30), (1, 1, 1), (3, 7, 5)]:
+        x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = theirs(xa), ours(xb)
+        torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+        g = torch.randn_like(ya)
+        torch.autograd.backward([ya, yb], [g, g])
+        torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
+    theirs_params = dict(theirs.named_parameters())
+    _assert_grads_equal([(n, p, theirs_params[n]) for n, p in ours.named_parameters()])

@@ -544,3 +544,77 @@ def test_cpca_layers_follow_paper():
     assert m.mix.kernel_size == (1, 1) and m.mix.groups == 1
     # no normalisation anywhere: batch independent in training too
     assert not any(isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) for mod in m.modules())
+
+
+# --------------------------------------------------------------------------------------
+# LSKA: Large Separable Kernel Attention (arXiv:2309.01439)
+# --------------------------------------------------------------------------------------
+
+
+def _strip_loops(x: torch.Tensor, conv: nn.Conv2d, dilation: int) -> torch.Tensor:
+    """'same' depthwise 1 x k or k x 1 convolution with dilation, tap by tap."""
+    kh, kw = conv.kernel_size
+    horizontal = kh == 1
+    k = kw if horizontal else kh
+    pad = dilation * (k - 1) // 2
+    h, w = x.shape[2:]
+    xp = F.pad(x, (pad, pad, 0, 0) if horizontal else (0, 0, pad, pad))
+    out = conv.bias[None, :, None, None].expand_as(x).clone()
+    for t in range(k):
+        o = t * dilation
+        tap = conv.weight[:, 0].flatten(1)[:, t][None, :, None, None]
+        out = out + tap * (xp[:, :, :, o : o + w] if horizontal else xp[:, :, o : o + h, :])
+    return out
+
+
+def _lska_reference(m, x: torch.Tensor) -> torch.Tensor:
+    """Paper: A = 1x1(DW-D_{k'x1}(DW-D_{1xk'}(DW_{k0x1}(DW_{1xk0}(x))))); out = A * x."""
+    from yolo_attention.modules.lska import LSKA_KERNELS
+
+    spec = LSKA_KERNELS[m.k_size]
+    a = _strip_loops(_strip_loops(x, m.conv0h, 1), m.conv0v, 1)
+    a = _strip_loops(_strip_loops(a, m.conv_spatial_h, spec.dilation), m.conv_spatial_v, spec.dilation)
+    a = torch.einsum("oc,nchw->nohw", m.conv1.weight.flatten(1), a) + m.conv1.bias[None, :, None, None]
+    return a * x
+
+
+@pytest.mark.parametrize("k_size", [7, 11, 23, 35, 41, 53])
+def test_lska_matches_paper(k_size):
+    from yolo_attention import LSKA
+
+    m = activate(LSKA(8, k_size=k_size)).double()
+    x = torch.randn(2, 8, 13, 30, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), _lska_reference(m, x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k_size", [7, 11, 23, 35, 41, 53])
+def test_lska_decomposition_covers_exactly_k_by_k(k_size):
+    """The impulse response of the separable chain (positive weights, no biases) is a k x k square."""
+    from yolo_attention import LSKA
+
+    m = LSKA(1, k_size=k_size).double()
+    with torch.no_grad():
+        for conv in (m.conv0h, m.conv0v, m.conv_spatial_h, m.conv_spatial_v):
+            conv.weight.uniform_(0.5, 1.0)
+            conv.bias.zero_()
+        size = k_size + 10
+        x = torch.zeros(1, 1, size, size, dtype=torch.float64)
+        x[0, 0, size // 2, size // 2] = 1
+        a = m.conv_spatial_v(m.conv_spatial_h(m.conv0v(m.conv0h(x))))[0, 0]
+    rows, cols = (a.abs() > 0).any(1).nonzero().flatten(), (a.abs() > 0).any(0).nonzero().flatten()
+    assert rows.max() - rows.min() + 1 == k_size and cols.max() - cols.min() + 1 == k_size
+    assert rows.min() + k_size // 2 == size // 2  # centred: 'same' padding
+
+
+def test_lska_defaults_and_kernel_table():
+    from yolo_attention import LSKA
+
+    m = LSKA(64)
+    assert m.k_size == 11
+    assert [c.kernel_size for c in (m.conv0h, m.conv0v, m.conv_spatial_h, m.conv_spatial_v)] == [(1, 3), (3, 1), (1, 5), (5, 1)]
+    assert m.conv_spatial_h.dilation[1] == 2 and m.conv_spatial_v.dilation[0] == 2  # along the kernel's long axis
+    m = LSKA(64, k_size=53)
+    assert m.conv0h.kernel_size == (1, 5) and m.conv_spatial_v.kernel_size == (17, 1) and m.conv_spatial_v.dilation[0] == 3
+    with pytest.raises(ValueError, match=r"LSKA: argument 'k_size' must be one of .*\(7, 11, 23, 35, 41, 53\).*got 9"):
+        LSKA(64, k_size=9)

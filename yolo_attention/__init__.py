@@ -16,6 +16,7 @@ from .modules import (
     ELA,
     MLCA,
     CPCA,
+    LSKA,
     make_divisible,
 )
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
@@ -42,6 +43,7 @@ __all__ = [
     "ELA",
     "MLCA",
     "CPCA",
+    "LSKA",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

@@ -6,6 +6,7 @@ from .cpca import CPCA
 from .double_attention import DoubleAttention
 from .ela import ELA
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
+from .lska import LSKA
 from .mlca import MLCA
 from .se import SE
 from .sge import SpatialGroupEnhance
@@ -24,6 +25,7 @@ __all__ = [
     "ELA",
     "MLCA",
     "CPCA",
+    "LSKA",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
