@@ -618,3 +618,12 @@ def test_lska_defaults_and_kernel_table():
     assert m.conv0h.kernel_size == (1, 5) and m.conv_spatial_v.kernel_size == (17, 1) and m.conv_spatial_v.dilation[0] == 3
     with pytest.raises(ValueError, match=r"LSKA: argument 'k_size' must be one of .*\(7, 11, 23, 35, 41, 53\).*got 9"):
         LSKA(64, k_size=9)
+
+
+def test_mlca_has_no_arxiv_id_and_cites_the_title():
+    """MLCA exists only as a journal paper (DOI 10.1016/j.engappai.2023.106442): no 'arXiv:None' anywhere."""
+    from yolo_attention import get_attention_info
+
+    info = get_attention_info("mlca")
+    assert info.arxiv is None and info.citation == "Mixed local channel attention for object detection"
+    assert get_attention_info("se").citation == "Squeeze-and-Excitation Networks, arXiv:1709.01507"
