@@ -13,6 +13,7 @@ import importlib
 import sys
 import types
 import uuid
+import warnings
 
 import pytest
 import torch
@@ -20,18 +21,23 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from _authors import authors_module, authors_root
-from _helpers import _registry_does_not_leak, activate  # noqa: F401
+from _helpers import _registry_does_not_leak  # noqa: F401
 from yolo_attention import CPCA, LSKA, MLCA, ShuffleAttention, SKAttention, SpatialGroupEnhance
 
 
 @contextlib.contextmanager
-def _package(directory, name: str):
-    """Make ``directory`` importable as a throw-away package ``name`` (for files with relative imports)."""
+def _package_module(repo: str, directory: str, module: str):
+    """Import ``directory/module.py`` of ``repo`` as a module of a throw-away package registered in
+    ``sys.modules`` (for files with relative imports or import-time registries), or skip."""
+    folder = authors_root(repo) / directory
+    if not (folder / f"{module}.py").is_file():
+        pytest.skip(f"authors' code not available: {folder / f'{module}.py'} does not exist")
+    name = f"_authors_{uuid.uuid4().hex}"
     pkg = types.ModuleType(name)
-    pkg.__path__ = [str(directory)]
+    pkg.__path__ = [str(folder)]
     sys.modules[name] = pkg
     try:
-        yield pkg
+        yield importlib.import_module(f"{name}.{module}")
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
@@ -64,8 +70,20 @@ def _randomise(*modules: nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
             for sub in mod.modules():
                 if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                    sub.running_mean.copy_(torch.randn(sub.running_mean.shape, generator=g, dtype=sub.running_mean.dtype) * 0.1)
-                    sub.running_var.copy_(torch.rand(sub.running_var.shape, generator=g, dtype=sub.running_var.dtype) + 0.5)
+                    mean, var = sub.running_mean, sub.running_var
+                    mean.copy_(torch.randn(mean.shape, generator=g, dtype=mean.dtype) * 0.1)
+                    var.copy_(torch.rand(var.shape, generator=g, dtype=var.dtype) + 0.5)
+
+
+def _assert_same_forward_backward(theirs, ours, x: torch.Tensor) -> None:
+    """Equal outputs and equal input gradients (float64) for one input; parameter gradients are left
+    accumulated in both modules for the caller to compare."""
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = theirs(xa), ours(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(ya)
+    torch.autograd.backward([ya, yb], [g, g])
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
 
 
 def _assert_grads_equal(pairs, rtol=1e-9, atol=1e-10):
@@ -88,13 +106,7 @@ class _Stop(Exception):
 
 
 def _pytorchinsight_sk_bottleneck(planes: int):
-    root = authors_root("implus/PytorchInsight")
-    directory = root / "classification" / "models" / "imagenet"
-    if not (directory / "resnet_sk.py").is_file():
-        pytest.skip(f"authors' code not available: {directory / 'resnet_sk.py'} does not exist")
-    name = f"_authors_{uuid.uuid4().hex}"
-    with _package(directory, name):
-        mod = importlib.import_module(f"{name}.resnet_sk")
+    with _package_module("implus/PytorchInsight", "classification/models/imagenet", "resnet_sk") as mod:
         block = mod.Bottleneck(planes, planes)
     # feed the SK part directly: conv1/bn1 become identities (inputs are non-negative, so relu is too)
     block.conv1, block.bn1 = nn.Identity(), nn.Identity()
@@ -166,12 +178,7 @@ def test_shuffle_matches_sa_net(channels, groups, shape):
             getattr(ours, name).copy_(getattr(theirs, name).flatten())
         ours.gn.load_state_dict(theirs.gn.state_dict())
     x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = theirs(xa), ours(xb)
-    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
-    g = torch.randn_like(ya)
-    torch.autograd.backward([ya, yb], [g, g])
-    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
+    _assert_same_forward_backward(theirs, ours, x)
     pairs = [(n, getattr(ours, n), getattr(theirs, n)) for n in ("cweight", "cbias", "sweight", "sbias")]
     for name, a, b in pairs:
         torch.testing.assert_close(a.grad, b.grad.flatten(), rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
@@ -196,13 +203,8 @@ class _PopulationStd(TorchFunctionMode):
 
 
 def _sge_pair(channels: int, groups: int):
-    root = authors_root("implus/PytorchInsight")
-    directory = root / "classification" / "models" / "imagenet"
-    if not (directory / "resnet_sge.py").is_file():
-        pytest.skip(f"authors' code not available: {directory / 'resnet_sge.py'} does not exist")
-    name = f"_authors_{uuid.uuid4().hex}"
-    with _package(directory, name):
-        theirs = importlib.import_module(f"{name}.resnet_sge").SpatialGroupEnhance(groups).double()
+    with _package_module("implus/PytorchInsight", "classification/models/imagenet", "resnet_sge") as mod:
+        theirs = mod.SpatialGroupEnhance(groups).double()
     ours = SpatialGroupEnhance(channels, groups=groups).double()
     assert ours.groups == groups
     _randomise(theirs)
@@ -216,14 +218,12 @@ def _sge_pair(channels: int, groups: int):
 def test_sge_matches_pytorchinsight_with_population_std(channels, groups, shape):
     ours, theirs = _sge_pair(channels, groups)
     x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    with _PopulationStd():
-        ya = theirs(xa)
-    yb = ours(xb)
-    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
-    g = torch.randn_like(ya)
-    torch.autograd.backward([ya, yb], [g, g])
-    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
+
+    def theirs_with_population_std(t):
+        with _PopulationStd():
+            return theirs(t)
+
+    _assert_same_forward_backward(theirs_with_population_std, ours, x)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad.flatten(), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(ours.bias.grad, theirs.bias.grad.flatten(), rtol=1e-9, atol=1e-12)
 
@@ -255,14 +255,9 @@ def test_mlca_matches_authors(channels, shape):
     _randomise(theirs)
     ours.load_state_dict(theirs.state_dict())  # same names: conv (global), conv_local
     x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = theirs(xa), ours(xb)
-    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
-    g = torch.randn_like(ya)
-    torch.autograd.backward([ya, yb], [g, g])
-    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
+    _assert_same_forward_backward(theirs, ours, x)
     _assert_grads_equal(
-        [("conv", ours.conv.weight, theirs.conv.weight), ("conv_local", ours.conv_local.weight, theirs.conv_local.weight)]
+        [(n, getattr(ours, n).weight, getattr(theirs, n).weight) for n in ("conv", "conv_local")]
     )
 
 
@@ -292,7 +287,9 @@ def _cpcanet_module():
         "nnunet.utilities": _stub("nnunet.utilities"),
         "nnunet.utilities.nd_softmax": _stub("nnunet.utilities.nd_softmax", softmax_helper=None),
         "nnunet.network_architecture": _stub("nnunet.network_architecture"),
-        "nnunet.network_architecture.initialization": _stub("nnunet.network_architecture.initialization", InitWeights_He=None),
+        "nnunet.network_architecture.initialization": _stub(
+            "nnunet.network_architecture.initialization", InitWeights_He=None
+        ),
         "nnunet.network_architecture.neural_network": _stub(
             "nnunet.network_architecture.neural_network", SegmentationNetwork=nn.Module
         ),
@@ -304,7 +301,9 @@ def _cpcanet_module():
         saved_thop = sys.modules.get("thop")
         sys.modules.update(stubs)
         try:
-            return authors_module("Cuthbert-Huang/CPCANet", "CPCANet/nnunet/network_architecture/CPCANet.py")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated import path in their file
+                return authors_module("Cuthbert-Huang/CPCANet", "CPCANet/nnunet/network_architecture/CPCANet.py")
         finally:
             for key in stubs:
                 sys.modules.pop(key, None)
@@ -371,15 +370,10 @@ def test_cpca_channel_attention_deviation():
 def van_module():
     """Their models/van.py, imported once: its timm @register_model needs it in sys.modules."""
     pytest.importorskip("timm")
-    import warnings
-
-    root = authors_root("StevenLauHKHK/Large-Separable-Kernel-Attention")
-    if not (root / "models" / "van.py").is_file():
-        pytest.skip(f"authors' code not available: {root / 'models' / 'van.py'} does not exist")
-    name = f"_authors_{uuid.uuid4().hex}"
-    with _package(root / "models", name), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timm's deprecated import paths and re-registrations
-        yield importlib.import_module(f"{name}.van")
+        with _package_module("StevenLauHKHK/Large-Separable-Kernel-Attention", "models", "van") as mod:
+            yield mod
 
 
 @pytest.mark.parametrize("k_size", [7, 11, 23, 35, 41, 53])
@@ -392,11 +386,6 @@ def test_lska_matches_authors(van_module, k_size):
     ours.load_state_dict(theirs.state_dict())  # same layer names
     for shape in [(2, 13, 30), (1, 1, 1), (3, 7, 5)]:
         x = torch.randn(shape[0], channels, *shape[1:], dtype=torch.float64)
-        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        ya, yb = theirs(xa), ours(xb)
-        torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
-        g = torch.randn_like(ya)
-        torch.autograd.backward([ya, yb], [g, g])
-        torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-12)
+        _assert_same_forward_backward(theirs, ours, x)
     theirs_params = dict(theirs.named_parameters())
     _assert_grads_equal([(n, p, theirs_params[n]) for n, p in ours.named_parameters()])

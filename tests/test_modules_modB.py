@@ -8,8 +8,6 @@ dtypes, batch 1, export) is tested for every registered module in test_modules.p
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn as nn
@@ -305,7 +303,8 @@ def test_sge_1x1_and_constant_groups_are_finite():
     # every position identical (float64: in float32 the rounding noise of c - mu is amplified by 1/eps)
     const = torch.ones(1, 32, 4, 5, dtype=torch.float64) * torch.randn(1, 32, 1, 1, dtype=torch.float64)
     y = _grad_step(m, const)
-    torch.testing.assert_close(y, const * torch.sigmoid(m.bias).repeat_interleave(4)[None, :, None, None], atol=1e-9, rtol=1e-9)
+    gates = torch.sigmoid(m.bias).repeat_interleave(4)[None, :, None, None]
+    torch.testing.assert_close(y, const * gates, atol=1e-9, rtol=1e-9)
 
 
 def test_sge_low_precision_statistics():
@@ -359,7 +358,9 @@ def _ela_reference(m, x: torch.Tensor) -> torch.Tensor:
     return x * y_h[:, :, :, None] * y_w[:, :, None, :]
 
 
-@pytest.mark.parametrize("variant,channels,size", [("T", 32, (6, 9)), ("B", 48, (7, 5)), ("S", 32, (1, 8)), ("L", 64, (9, 1))])
+@pytest.mark.parametrize(
+    "variant,channels,size", [("T", 32, (6, 9)), ("B", 48, (7, 5)), ("S", 32, (1, 8)), ("L", 64, (9, 1))]
+)
 def test_ela_matches_paper(variant, channels, size):
     from yolo_attention import ELA
 
@@ -384,7 +385,8 @@ def test_ela_variants_follow_the_paper_table():
     m = ELA(256, variant="T", k_size=9, groups=64, gn_groups=8)  # explicit values override the variant
     assert (m.k_size, m.groups, m.gn_groups) == (9, 64, 8)
     # clamping to divisors of C
-    assert ELA(24, variant="T").gn_groups == 24 and ELA(12, variant="S").groups == 1 and ELA(40, variant="S").groups == 5
+    assert ELA(24, variant="T").gn_groups == 24
+    assert ELA(12, variant="S").groups == 1 and ELA(40, variant="S").groups == 5
     assert not any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in ELA(64).modules())
 
 
@@ -502,7 +504,8 @@ def _depthwise_loops(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 
 def _cpca_reference(m, x: torch.Tensor, authors_ca: bool = False) -> torch.Tensor:
-    """Paper: F_c = sigmoid(MLP(avg) + MLP(max)) F; D = dw5x5(F_c); SA = 1x1(D + sum_k dw_kx1(dw_1xk(D))); out = SA F_c."""
+    """Paper: F_c = sigmoid(MLP(avg) + MLP(max)) F; D = dw5x5(F_c); SA = 1x1(D + sum_k dw_kx1(dw_1xk(D)));
+    out = SA F_c."""
 
     fc1, fc2 = m.channel_prior.fc1, m.channel_prior.fc2
 
@@ -612,10 +615,12 @@ def test_lska_defaults_and_kernel_table():
 
     m = LSKA(64)
     assert m.k_size == 11
-    assert [c.kernel_size for c in (m.conv0h, m.conv0v, m.conv_spatial_h, m.conv_spatial_v)] == [(1, 3), (3, 1), (1, 5), (5, 1)]
+    convs = (m.conv0h, m.conv0v, m.conv_spatial_h, m.conv_spatial_v)
+    assert [c.kernel_size for c in convs] == [(1, 3), (3, 1), (1, 5), (5, 1)]
     assert m.conv_spatial_h.dilation[1] == 2 and m.conv_spatial_v.dilation[0] == 2  # along the kernel's long axis
     m = LSKA(64, k_size=53)
-    assert m.conv0h.kernel_size == (1, 5) and m.conv_spatial_v.kernel_size == (17, 1) and m.conv_spatial_v.dilation[0] == 3
+    assert m.conv0h.kernel_size == (1, 5) and m.conv_spatial_v.kernel_size == (17, 1)
+    assert m.conv_spatial_v.dilation[0] == 3
     with pytest.raises(ValueError, match=r"LSKA: argument 'k_size' must be one of .*\(7, 11, 23, 35, 41, 53\).*got 9"):
         LSKA(64, k_size=9)
 

@@ -79,7 +79,7 @@ def _strip(channels: int, length: int, horizontal: bool, dilation: int = 1) -> n
     _builtin=True,
 )
 class LSKA(nn.Module):
-    """Large Separable Kernel Attention (arXiv:2309.01439): separable (dilated) depthwise kernels, then a 1x1, as a multiplier.
+    """Large Separable Kernel Attention (arXiv:2309.01439): separable, dilated depthwise kernels; a 1x1; a product.
 
     Args:
         channels: input (and output) channels C.
@@ -110,4 +110,7 @@ class LSKA(nn.Module):
 
     def extra_repr(self) -> str:
         spec = LSKA_KERNELS[self.k_size]
-        return f"channels={self.channels}, k_size={self.k_size}, local={spec.local}, dilated={spec.dilated}x{spec.dilation}"
+        return (
+            f"channels={self.channels}, k_size={self.k_size}, local={spec.local}, dilated={spec.dilated}, "
+            f"dilation={spec.dilation}"
+        )

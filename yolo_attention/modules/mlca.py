@@ -37,7 +37,8 @@ mean when s divides H and W.
 What differs from common copies, and why: copies of the authors' module call
 ``adaptive_avg_pool2d`` to 5x5 and back, which does not export to ONNX with dynamic H x W
 ("input size not accessible", legacy exporter, opset 17), and the authors' alternative ``MLCA_Changed_Option2``
-upsamples with a fixed scale factor, right at one input size only. The arithmetic here is the authors' (wandahangFY/MLCA), checked equal to their code.
+upsamples with a fixed scale factor, right at one input size only. The arithmetic here is the
+authors' (wandahangFY/MLCA), checked equal to their code.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def adaptive_pool_matrix(n_in, n_out, like: torch.Tensor) -> torch.Tensor:
     _builtin=True,
 )
 class MLCA(nn.Module):
-    """Mixed Local Channel Attention (DOI 10.1016/j.engappai.2023.106442): ECA on a 5x5 grid of cells and globally, mixed.
+    """Mixed Local Channel Attention (DOI 10.1016/j.engappai.2023.106442): ECA on a 5x5 grid and globally, mixed.
 
     Args:
         channels: input (and output) channels C.
@@ -112,7 +113,9 @@ class MLCA(nn.Module):
         check_positive(name, "gamma", gamma, integer=False)
         if isinstance(beta, bool) or not isinstance(beta, (int, float)):
             raise ValueError(f"{name}: argument 'beta' must be a number, got {beta!r}")
-        self.k_size = eca_kernel_size(self.channels, gamma, beta) if k_size is None else check_odd(name, "k_size", k_size)
+        if k_size is None:
+            k_size = eca_kernel_size(self.channels, gamma, beta)
+        self.k_size = check_odd(name, "k_size", k_size)
         pad = (self.k_size - 1) // 2
         self.conv = nn.Conv1d(1, 1, self.k_size, padding=pad, bias=False)  # global (ECA)
         self.conv_local = nn.Conv1d(1, 1, self.k_size, padding=pad, bias=False)
@@ -134,4 +137,7 @@ class MLCA(nn.Module):
         return x * (unpool_h @ att @ unpool_w.T)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, local_size={self.local_size}, local_weight={self.local_weight}, k_size={self.k_size}"
+        return (
+            f"channels={self.channels}, local_size={self.local_size}, local_weight={self.local_weight}, "
+            f"k_size={self.k_size}"
+        )

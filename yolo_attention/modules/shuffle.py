@@ -97,9 +97,8 @@ class ShuffleAttention(nn.Module):
         # GN per (image, group): one channel per norm group, statistics over H x W
         g2 = self.gn(x2.reshape(n * self.groups, self.group_channels, h, w)).reshape(n, -1, h, w)
         y2 = x2 * self.spatial_gate(self._per_group(self.sweight) * g2 + self._per_group(self.sbias))
-        out = torch.stack(
-            (y1.reshape(n, self.groups, self.group_channels, h, w), y2.reshape(n, self.groups, self.group_channels, h, w)), dim=2
-        ).reshape(n, c, h, w)
+        halves = (n, self.groups, self.group_channels, h, w)
+        out = torch.stack((y1.reshape(halves), y2.reshape(halves)), dim=2).reshape(n, c, h, w)
         # channel shuffle with 2 groups: channel k*(C/2) + j -> 2j + k
         return out.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
 
