@@ -38,7 +38,7 @@ EXPECTED_BUILTINS = {
 
 
 # Papers published without an arXiv version (cited by venue in the module's docstring): name -> title words
-NO_ARXIV = {"simam": "SimAM"}  # ICML 2021, PMLR 139
+NO_ARXIV = {"simam": "SimAM", "mlca": "Mixed local channel attention"}  # ICML 2021 (PMLR 139); Eng. Appl. AI 2023
 
 
 def _assert_consistent():

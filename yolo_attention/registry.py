@@ -80,6 +80,11 @@ class AttentionInfo:
     taps: tuple[AttentionTap, ...] = ()  # where its attention tensors are read (for pictures)
 
     @property
+    def citation(self) -> str:
+        """"<paper>, arXiv:<id>", or the title alone for a paper without an arXiv version."""
+        return ", ".join(part for part in (self.paper, f"arXiv:{self.arxiv}" if self.arxiv else "") if part)
+
+    @property
     def yaml_name(self) -> str:
         """The name a model YAML uses for this module (the class name)."""
         return self.cls.__name__

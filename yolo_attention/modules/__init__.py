@@ -4,13 +4,20 @@ from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .cbam import CBAM
 from .coordatt import CoordAtt
+from .cpca import CPCA
 from .double_attention import DoubleAttention
 from .eca import ECA
+from .ela import ELA
 from .ema import EMA
 from .gam import GAM
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
+from .lska import LSKA
+from .mlca import MLCA
 from .se import SE
+from .sge import SpatialGroupEnhance
+from .shuffle import ShuffleAttention
 from .simam import SimAM
+from .sk import SKAttention
 from .triplet import TripletAttention
 
 __all__ = [
@@ -26,6 +33,13 @@ __all__ = [
     "EMA",
     "GAM",
     "TripletAttention",
+    "SKAttention",
+    "ShuffleAttention",
+    "SpatialGroupEnhance",
+    "ELA",
+    "MLCA",
+    "CPCA",
+    "LSKA",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionTap, register_attention
-from .helpers import check_channels, check_input, check_odd_kernel, check_positive, resolve_layer
+from .helpers import check_channels, check_input, check_odd, check_positive, resolve_layer
 
 __all__ = ["ECA", "eca_kernel_size"]
 
@@ -83,7 +83,7 @@ class ECA(nn.Module):
                 raise ValueError(f"{name}: argument '{arg}' must be a finite number, got {value!r}")
         if k_size is None:
             k_size = eca_kernel_size(channels, gamma, beta)
-        self.k_size = check_odd_kernel(name, "k_size", k_size)
+        self.k_size = check_odd(name, "k_size", k_size)
         self.conv = nn.Conv1d(1, 1, k_size, padding=k_size // 2, bias=False)
         self.gate = resolve_layer(name, "gate_layer", gate_layer)()
 

@@ -41,15 +41,11 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionTap, register_attention
-from .helpers import check_channels, check_input, check_positive
+from .helpers import check_channels, check_input, check_positive, largest_divisor
 
 __all__ = ["EMA"]
 
 DEFAULT_GROUPS = 32  # the authors' default factor
-
-
-def largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 @register_attention(
@@ -75,7 +71,7 @@ class EMA(nn.Module):
         name = type(self).__name__
         self.channels = check_channels(name, channels)
         if groups is None:
-            groups = largest_divisor_at_most(channels, DEFAULT_GROUPS)
+            groups = largest_divisor(channels, DEFAULT_GROUPS)
         check_positive(name, "groups", groups)
         if channels % groups:
             raise ValueError(

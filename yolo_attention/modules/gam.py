@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionTap, register_attention
-from .helpers import SafeBatchNorm2d, check_channels, check_input, check_odd_kernel, resolve_layer, resolve_rd_channels
+from .helpers import SafeBatchNorm2d, check_channels, check_input, check_odd, resolve_layer, resolve_rd_channels
 
 __all__ = ["GAM"]
 
@@ -81,7 +81,7 @@ class GAM(nn.Module):
         name = type(self).__name__
         self.channels = check_channels(name, channels)
         self.rd_channels = rd = resolve_rd_channels(name, channels, rd_ratio, rd_divisor, rd_channels)
-        self.k_size = check_odd_kernel(name, "k_size", k_size)
+        self.k_size = check_odd(name, "k_size", k_size)
         act = resolve_layer(name, "act_layer", act_layer)
         gate = resolve_layer(name, "gate_layer", gate_layer)
 

@@ -15,12 +15,14 @@ __all__ = [
     "check_channels",
     "check_positive",
     "check_ratio",
-    "check_odd_kernel",
     "resolve_rd_channels",
     "check_input",
     "resolve_layer",
     "SafeBatchNorm2d",
+    "SafeGroupNorm",
     "LayerNorm2d",
+    "largest_divisor",
+    "check_odd",
 ]
 
 
@@ -55,6 +57,13 @@ def check_positive(module: str, arg: str, value, integer: bool = True):
     return value
 
 
+def check_odd(module: str, arg: str, value) -> int:
+    """A positive odd int (a kernel size that keeps the length with padding k // 2)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 2 == 0:
+        raise ValueError(f"{module}: argument '{arg}' must be a positive odd int, got {value!r}")
+    return value
+
+
 def check_ratio(module: str, arg: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         hint = ""
@@ -65,14 +74,6 @@ def check_ratio(module: str, arg: str, value) -> float:
             )
         raise ValueError(f"{module}: argument '{arg}' must be a ratio in (0, 1], got {value!r}{hint}")
     return float(value)
-
-
-def check_odd_kernel(module: str, arg: str, value) -> int:
-    """An odd positive int kernel size: padding ``k // 2`` then keeps every length, 1 included."""
-    check_positive(module, arg, value)
-    if value % 2 == 0:
-        raise ValueError(f"{module}: argument '{arg}' must be an odd positive int (padding k // 2 keeps H x W), got {value!r}")
-    return value
 
 
 def resolve_rd_channels(module: str, channels: int, rd_ratio, rd_divisor, rd_channels) -> int:
@@ -146,6 +147,19 @@ class SafeBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
+class SafeGroupNorm(nn.GroupNorm):
+    """GroupNorm that accepts a group holding a single value (one channel per group at a 1x1 map, batch 1).
+
+    ``F.group_norm`` refuses such input ("Expected more than 1 value per channel when training"),
+    although GroupNorm is defined there: the value minus its mean is 0, so the output is the
+    affine bias. This calls the same ATen operator without that Python-side check; every other
+    input gives exactly ``nn.GroupNorm``'s result (same parameters, same state dict).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel dimension of an NCHW tensor (as the NHWC LayerNorm of ViTs)."""
 
@@ -170,3 +184,14 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+
+
+def largest_divisor(n: int, at_most: int, step: int = 1) -> int:
+    """The largest ``g <= at_most`` with ``n % (g * step) == 0`` (at least 1; ``step`` must divide ``n``).
+
+    Used to clamp a paper's group count to the channels at hand, e.g. 32 groups at C = 24 -> 24.
+    """
+    for g in range(min(at_most, n // step), 0, -1):
+        if n % (g * step) == 0:
+            return g
+    return 1

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionTap, register_attention
-from .helpers import SafeBatchNorm2d, check_channels, check_input, check_odd_kernel, resolve_layer
+from .helpers import SafeBatchNorm2d, check_channels, check_input, check_odd, resolve_layer
 
 __all__ = ["TripletAttention"]
 
@@ -76,7 +76,7 @@ class TripletAttention(nn.Module):
         super().__init__()
         name = type(self).__name__
         self.channels = check_channels(name, channels)
-        self.k_size = check_odd_kernel(name, "k_size", k_size)
+        self.k_size = check_odd(name, "k_size", k_size)
         gate = resolve_layer(name, "gate_layer", gate_layer)
         for branch in ("cw", "hc", "hw"):
             conv = nn.Conv2d(2, 1, k_size, padding=k_size // 2, bias=False)
