@@ -45,6 +45,7 @@ from official_bra import OfficialBRA  # noqa: E402
 
 from yolo_attention.bench import machine_info  # noqa: E402
 from yolo_attention.modules.biformer import BiLevelRoutingAttention  # noqa: E402
+from yolo_attention.ops import triton_bra, trust  # noqa: E402
 
 DEFAULT_SHAPES = {
     "cpu": "2x64x84,2x128x42,2x256x21",
@@ -55,7 +56,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 MIB = 2**20
 # ours: (kernel, recompute) attributes of BiLevelRoutingAttention per --ours-modes name
 MODES = {
-    "auto": ("auto", None),  # the defaults: SDPA (recompute in training on CUDA, saved K/V on CPU)
+    "auto": ("auto", None),  # the defaults: Triton where a recorded GPU check passed, else SDPA (see ops/trust.py)
     "triton": ("triton", None),
     "saved": ("sdpa", False),  # SDPA on gathered K/V, kept for backward
     "recompute": ("sdpa", True),  # SDPA, recomputed chunk by chunk in backward
@@ -232,9 +233,10 @@ def render(results, machine, args, memory_method) -> str:
         f"- {args.warmup} warm-up steps, then {args.repeats} interleaved rounds; speed-up = median of per-round "
         "official/ours time ratios; ms = median step time",
         f"- peak memory: {memory_method}",
-        "- impl `ours`: the module's defaults (`kernel='auto'`: SDPA on gathered K/V, recomputed in backward on "
-        "CUDA, kept for backward on CPU); `ours-saved` / `ours-recompute`: SDPA backend with `recompute=False` / "
-        "`True`; `ours-triton`: `kernel='triton'`",
+        "- impl `ours`: the module's defaults (`kernel='auto'`: the Triton kernels for the dtypes in "
+        f"`auto_uses_triton` = {machine.get('auto_uses_triton')}, otherwise SDPA on gathered K/V, recomputed in "
+        "backward on CUDA, kept for backward on CPU); `ours-saved` / `ours-recompute`: SDPA backend with "
+        "`recompute=False` / `True`; `ours-triton`: `kernel='triton'`",
         "",
         "| shape (N, C, H=W) | dtype | impl | official ms | ours ms | speed-up | official peak MiB | ours peak MiB | memory ratio |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -286,6 +288,9 @@ def main(argv=None):
         "(profile_memory=True) during the step, above what was allocated before it"
     )
     machine = machine_description(device.type)
+    machine["auto_uses_triton"] = [  # what kernel="auto" chose here (a GPU record or YOLO_ATTENTION_TRITON)
+        d for d in dtypes if triton_bra.available(torch.empty(0, device=device)) and trust.auto_trusts(device, DTYPES[d])
+    ]
 
     print(f"machine: {json.dumps(machine)}")
     header = f"{'shape':<18}{'dtype':<10}{'impl':<16}{'off ms':>9}{'ours ms':>9}{'speedup':>9}{'off MiB':>10}{'ours MiB':>10}{'mem x':>8}"
@@ -311,11 +316,9 @@ def main(argv=None):
                     )
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    from yolo_attention.modules import biformer as _bra
-
-    machine["triton_configs_ok"] = sorted(str(c) for c in _bra._TRITON_OK)
-    machine["triton_configs_failed"] = sorted(str(c) for c in _bra._TRITON_FAILED)
-    if _bra._TRITON_FAILED:
+    machine["triton_configs_ok"] = sorted(str(c) for c in triton_bra.OK_CONFIGS)
+    machine["triton_configs_failed"] = sorted(str(c) for c in triton_bra.FAILED_CONFIGS)
+    if triton_bra.FAILED_CONFIGS:
         print(f"WARNING: Triton configurations fell back to SDPA: {machine['triton_configs_failed']}")
 
     out_dir = Path(args.out)

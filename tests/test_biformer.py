@@ -11,8 +11,10 @@ implementations cannot differ by rounding.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -21,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 import yolo_attention.modules.biformer as bra_mod
-from yolo_attention.modules.biformer import BiFormerBlock, BiLevelRoutingAttention, region_grid
+from yolo_attention.modules.biformer import BiFormerBlock, BiLevelRoutingAttention, RegionRouter
+from yolo_attention.ops import RegionGeometry, region_grid, routed_attention, sdpa_gather, triton_bra, trust
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,13 +179,13 @@ def test_other_grids_and_lepe(n_win, side_dwconv):
 
 def test_chunked_paths_match_reference(monkeypatch):
     # force many chunks of query regions in the no-grad and the recompute paths
-    monkeypatch.setattr(bra_mod, "_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(sdpa_gather, "CHUNK_ELEMENTS", 1)
     torch.manual_seed(3)
     m = _module(16, 4)
     x = torch.randn(2, 16, 15, 20, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(m(x), reference_bra(m, x))
-    assert len(bra_mod._chunk_bounds(torch.empty(50, 9, 4, 4), torch.zeros(50, 4, dtype=torch.long))) > 1
+    assert len(sdpa_gather.chunk_bounds(torch.empty(50, 9, 4, 4), torch.zeros(50, 4, dtype=torch.long))) > 1
     m.recompute = True
     _assert_matches_reference(m, x)
 
@@ -218,7 +221,7 @@ def test_divisible_maps_need_no_mask(monkeypatch):
         masks.append(attn_mask)
         return sdpa(q, k, v, attn_mask=attn_mask, **kw)
 
-    monkeypatch.setattr(bra_mod.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(sdpa_gather.F, "scaled_dot_product_attention", spy)
     m = BiLevelRoutingAttention(16, num_heads=4)
     m(torch.randn(1, 16, 14, 21))
     assert masks == [None]
@@ -361,11 +364,11 @@ def test_kernel_attribute():
     m.kernel = "sdpa"
     y = m(x)
     m.kernel = "cuda-magic"
-    with pytest.raises(ValueError, match="'kernel'"):
+    with pytest.raises(ValueError, match="BiLevelRoutingAttention: attribute 'kernel' must be"):
         m(x)
-    if not bra_mod._TRITON_INTERPRET:  # CPU tensors cannot run the Triton kernels
+    if not triton_bra.INTERPRET:  # CPU tensors cannot run the Triton kernels
         m.kernel = "triton"
-        with pytest.raises(RuntimeError, match="kernel='triton'"):
+        with pytest.raises(RuntimeError, match="BiLevelRoutingAttention: attribute 'kernel' = 'triton' needs a CUDA"):
             m(x)
     m.kernel = "auto"  # on CPU: the SDPA path
     torch.testing.assert_close(m(x), y)
@@ -377,6 +380,236 @@ def test_old_pickles_without_recompute_attribute_still_run():
     x = torch.randn(1, 16, 14, 14, requires_grad=True)
     m(x).sum().backward()
     assert x.grad is not None
+
+
+def test_modules_pickled_before_the_ops_split_load_and_compute_the_same():
+    # pickled by the code of commit 9468bdd (before yolo_attention/ops and the router submodule);
+    # one module also lacks the later attributes `kernel` and `recompute`
+    saved = torch.load(ROOT / "tests" / "data" / "bra_pickled_9468bdd.pt", weights_only=False)
+    for name, m in saved["modules"].items():
+        bra = m.attn if isinstance(m, BiFormerBlock) else m
+        assert isinstance(bra.router, RegionRouter), name
+        assert "router" not in "".join(m.state_dict())  # the state dict is the old one
+        routes = []
+        bra.router.register_forward_hook(lambda mod, args, out: routes.append(out))
+        for x, y_old, g_old in zip(saved["inputs"], saved["outputs"][name], saved["input_grads"][name]):
+            x = x.clone().requires_grad_(True)
+            y = m(x)
+            y.square().sum().backward()
+            # bit-identical on the machine that wrote the file; other CPUs may round differently
+            torch.testing.assert_close(y, y_old, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(x.grad, g_old, atol=1e-5, rtol=1e-5)
+        assert len(routes) == 2 and routes[0].dtype == torch.int64
+
+
+def test_old_module_layout_gets_a_router_on_unpickling():
+    m = BiLevelRoutingAttention(16, num_heads=4)
+    x = torch.randn(1, 16, 9, 11)
+    y = m(x)
+    del m._modules["router"]  # the __dict__ layout of modules pickled before the router existed
+    m2 = pickle.loads(pickle.dumps(m))
+    assert isinstance(m2.router, RegionRouter)
+    torch.testing.assert_close(m2(x), y, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- routing tap, region attention
+
+
+def test_router_is_a_parameterless_tap_and_state_dicts_are_unchanged():
+    from yolo_attention.registry import get_attention_info
+
+    m = BiLevelRoutingAttention(16, num_heads=4)
+    assert list(m.router.parameters()) == [] and list(m.router.buffers()) == []
+    assert set(m.state_dict()) == {f"{p}.{t}" for p in ("qkv", "lepe", "proj") for t in ("weight", "bias")}
+    blk = BiFormerBlock(16, num_heads=4)
+    for name, owner in (("bra", m), ("biformer", blk)):
+        (tap,) = get_attention_info(name).taps
+        assert tap.kind == "routing" and isinstance(owner.get_submodule(tap.module), RegionRouter)
+
+
+def test_router_hook_reads_the_routing_that_attention_used(monkeypatch):
+    torch.manual_seed(15)
+    m = _module(16, 4, topk=3)
+    seen, used = [], []
+    m.router.register_forward_hook(lambda mod, args, out: seen.append(out))
+    real = bra_mod.routed_attention
+    monkeypatch.setattr(bra_mod, "routed_attention", lambda qkv, routes, *a, **kw: used.append(routes) or real(qkv, routes, *a, **kw))
+    x = torch.randn(2, 16, 15, 20, dtype=torch.float64)
+    m(x)
+    (routes,) = seen
+    assert routes.shape == (2, 5 * 7, 3) and routes.dtype == torch.int64  # 15x20 with n_win 7: 5 x 7 regions of 3x3
+    assert used[0] is routes
+    # and it is the documented routing: top-k of region-mean affinities over real tokens
+    q, k, _ = F.conv2d(x, m.qkv.weight, m.qkv.bias).split(16, dim=1)
+    q_r = F.avg_pool2d(F.pad(q, (0, 1)), 3) * 9 / torch.tensor([9.0] * 6 + [6.0], dtype=torch.float64)
+    k_r = F.avg_pool2d(F.pad(k, (0, 1)), 3) * 9 / torch.tensor([9.0] * 6 + [6.0], dtype=torch.float64)
+    affinity = q_r.flatten(2).transpose(1, 2) @ k_r.flatten(2)
+    torch.testing.assert_close(routes, affinity.topk(3, dim=-1).indices, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 15, 20), (1, 16, 14, 14)])
+def test_region_attention_is_the_attention_the_forward_used(monkeypatch, shape):
+    torch.manual_seed(16)
+    m = _module(16, 4, topk=3)
+    used = {}
+    real = bra_mod.routed_attention
+
+    def spy(qkv, routes, geometry, *a, **kw):
+        used.update(qkv=qkv, o=real(qkv, routes, geometry, *a, **kw))
+        return used["o"]
+
+    monkeypatch.setattr(bra_mod, "routed_attention", spy)
+    x = torch.randn(*shape, dtype=torch.float64)
+    m(x)
+    image = shape[0] - 1
+    for region in (0, 6, 34 if shape[2] == 15 else 48):
+        ra = m.region_attention(x, region, image=image)
+        t = ra.geometry.tokens
+        assert ra.probs.shape == (4, t, 3 * t) and ra.routes.shape == (3,)
+        torch.testing.assert_close(ra.probs.sum(-1), torch.ones(4, t, dtype=torch.float64))
+        v = used["qkv"][image, ra.routes, :, 2].flatten(0, 1).transpose(0, 1)  # (heads, k*T, hd)
+        o = used["o"][image, region].transpose(0, 1)  # (heads, T, hd)
+        torch.testing.assert_close(ra.probs @ v, o)
+        real_keys = ra.geometry.valid_tokens()[ra.routes].flatten()
+        assert bool((ra.probs[..., ~real_keys] == 0).all())
+    with pytest.raises(ValueError, match="BiLevelRoutingAttention: argument 'region' must be an int in"):
+        m.region_attention(x, 10_000)
+    with pytest.raises(ValueError, match="BiLevelRoutingAttention: argument 'image' must be an int in"):
+        m.region_attention(x, 0, image=shape[0])
+
+
+# ----------------------------------------------------------------------------- ops: geometry, routed_attention
+
+
+def test_region_geometry_layout_round_trip_and_masks():
+    g = RegionGeometry.of(15, 20, 7)
+    assert g == RegionGeometry(n_h=5, n_w=7, region_h=3, region_w=3, height=15, width=20, padded=True)
+    assert (g.regions, g.tokens, g.routed(4), g.routed(99)) == (35, 9, 4, 35)
+    x = torch.randn(2, 3, 15, 20)
+    xr = g.to_regions(x)
+    assert xr.shape == (2, 35, 9, 3)
+    torch.testing.assert_close(g.to_map(xr, 3), x, atol=0, rtol=0)
+    valid = g.valid_tokens()
+    assert int(valid.sum()) == 15 * 20 and bool((xr[:, ~valid] == 0).all())
+    routes = torch.tensor([[6, 0], [13, 34]])
+    mask = g.key_mask(routes)
+    assert mask.shape == (2, 1, 1, 18)
+    torch.testing.assert_close(mask[:, 0, 0], valid[routes].flatten(1))
+    assert RegionGeometry.of(14, 21, 7).key_mask(routes) is None
+
+
+def test_routed_attention_matches_dense_attention_over_routed_real_tokens():
+    torch.manual_seed(17)
+    g = RegionGeometry.of(8, 9, 3)  # 3 x 3 regions of 3 x 3 tokens, one padded column
+    n, heads, hd, k_top = 2, 2, 4, 2
+    qkv = torch.randn(n, g.regions, g.tokens, 3, heads, hd, dtype=torch.float64, requires_grad=True)
+    routes = torch.stack([torch.randperm(g.regions)[:k_top] for _ in range(n * g.regions)]).view(n, g.regions, k_top)
+    o = routed_attention(qkv, routes, g, 0.3, backend="sdpa", recompute=True)
+    valid = g.valid_tokens()
+    expected = torch.empty_like(o)
+    for b in range(n):
+        for r in range(g.regions):
+            keys = qkv[b, routes[b, r]].flatten(0, 1)[valid[routes[b, r]].flatten()]  # (real keys, 3, heads, hd)
+            p = torch.softmax(torch.einsum("thd,shd->hts", qkv[b, r, :, 0], keys[:, 1]) * 0.3, -1)
+            expected[b, r] = torch.einsum("hts,shd->thd", p, keys[:, 2])
+    torch.testing.assert_close(o, expected)
+    grad = torch.randn_like(o)
+    torch.testing.assert_close(*(torch.autograd.grad(t, qkv, grad)[0] for t in (o, expected)))
+    with pytest.raises(ValueError, match="routed_attention: argument 'backend' must be"):
+        routed_attention(qkv, routes, g, 0.3, backend="flash")
+
+
+# ----------------------------------------------------------------------------- when "auto" trusts Triton
+
+
+def _record(capability=(9, 0), triton_version="3.1.0", sha=None, errors=None):
+    errors = errors or {"float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}
+    tol = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}
+    checks = tuple(
+        trust.TritonCheck(dtype, (2, 64, 28, 28), err, err, tol[dtype], fell_back=False) for dtype, err in errors.items()
+    )
+    return trust.TritonRecord("NVIDIA H100", capability, triton_version, sha or trust.kernel_sha256(), checks=checks)
+
+
+@pytest.fixture
+def gpu_like(monkeypatch):
+    """A pretend CUDA device (capability 9.0) and triton 3.1.0, with no environment override."""
+    monkeypatch.delenv(trust.ENV_VAR, raising=False)
+    monkeypatch.setattr(trust.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(trust, "_triton_version", lambda: "3.1.0")
+    trust._recorded_dtypes.cache_clear()
+    yield torch.device("cuda")
+    trust._recorded_dtypes.cache_clear()
+
+
+def test_auto_trusts_only_a_passed_record_of_this_configuration(gpu_like, tmp_path):
+    path = tmp_path / "triton_verified.json"
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    assert not trust.auto_trusts(gpu_like, f32, path)  # no file: no trust
+    trust.record_check(_record(errors={"float32": 1e-6, "float16": 1e-3, "bfloat16": 0.9}), path)
+    assert trust.auto_trusts(gpu_like, f32, path) and trust.auto_trusts(gpu_like, f16, path)
+    assert not trust.auto_trusts(gpu_like, bf16, path)  # failed its check
+    assert not trust.auto_trusts(torch.device("cpu"), f32, path)
+    for other in (_record(capability=(8, 0)), _record(triton_version="3.2.0"), _record(sha="0" * 64)):
+        path.unlink()
+        trust.record_check(other, path)
+        assert not trust.auto_trusts(gpu_like, f32, path), other
+    data = json.loads(path.read_text())  # what the GPU script writes
+    assert data["format"] == 1 and data["records"][0]["checks"][0]["passed"] is True
+
+
+def test_record_check_replaces_its_configuration_and_drops_other_kernel_sources(tmp_path):
+    path = tmp_path / "triton_verified.json"
+    trust.record_check(_record(sha="0" * 64), path)
+    trust.record_check(_record(capability=(8, 0)), path)
+    trust.record_check(_record(), path)
+    trust.record_check(_record(errors={"float32": 0.5}), path)  # the same configuration again
+    records = trust.load_records(path)
+    assert [(r.capability, r.passed_dtypes()) for r in records] == [((8, 0), {"float32", "float16", "bfloat16"}), ((9, 0), set())]
+    assert records[0] == _record(capability=(8, 0))  # read back as written
+
+
+def test_shipped_record_file_is_readable():
+    records = trust.load_records()  # yolo_attention/ops/triton_verified.json, written by benchmarks/gpu_biformer.sh
+    assert trust.RECORD_PATH.exists() and all(r.checks for r in records)
+
+
+def test_environment_variable_forces_or_forbids(gpu_like, tmp_path, monkeypatch):
+    path = tmp_path / "triton_verified.json"
+    trust.record_check(_record(), path)
+    monkeypatch.setenv(trust.ENV_VAR, "0")
+    assert not trust.auto_trusts(gpu_like, torch.float32, path)
+    monkeypatch.setenv(trust.ENV_VAR, "1")
+    assert trust.auto_trusts(gpu_like, torch.float64, path)  # never checked, but forced
+    monkeypatch.setenv(trust.ENV_VAR, "yes")
+    with pytest.raises(ValueError, match="YOLO_ATTENTION_TRITON must be '1'"):
+        trust.auto_trusts(gpu_like, torch.float32, path)
+
+
+def test_damaged_record_file_trusts_nothing_with_a_warning(gpu_like, tmp_path):
+    path = tmp_path / "triton_verified.json"
+    path.write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="cannot read the Triton records"):
+        assert not trust.auto_trusts(gpu_like, torch.float32, path)
+
+
+def test_backend_choice(monkeypatch):
+    from yolo_attention.ops import routed
+
+    qkv = torch.empty(1, 4, 9, 3, 2, 8)
+    monkeypatch.setattr(routed.triton_bra, "available", lambda t: True)  # as on a CUDA machine
+    monkeypatch.setattr(routed, "auto_trusts", lambda device, dtype: dtype == torch.float32)
+    monkeypatch.delenv(trust.ENV_VAR, raising=False)
+    assert routed._uses_triton("auto", qkv) and routed._uses_triton("triton", qkv)
+    assert not routed._uses_triton("auto", qkv.half()) and routed._uses_triton("triton", qkv.half())
+    assert not routed._uses_triton("sdpa", qkv)
+    assert not routed._uses_triton("triton", torch.empty(1, 4, 9, 3, 1, 256))  # head dim above the kernels' limit
+    monkeypatch.setenv(trust.ENV_VAR, "0")
+    with pytest.warns(RuntimeWarning, match="YOLO_ATTENTION_TRITON=0 forbids"):
+        assert not routed._uses_triton("triton", qkv)
+    monkeypatch.setattr(routed.triton_bra, "available", lambda t: False)  # CPU without the interpreter
+    monkeypatch.setenv(trust.ENV_VAR, "1")
+    assert not routed._uses_triton("auto", qkv)
 
 
 # ----------------------------------------------------------------------------- BiFormerBlock
@@ -476,7 +709,8 @@ import os, sys
 os.environ["TRITON_INTERPRET"] = "1"  # run the Triton kernels on CPU, before the module defines them
 import torch
 import yolo_attention.modules.biformer as bm
-assert bm._bra_fwd is not None, "triton kernels not defined"
+from yolo_attention.ops import triton_bra
+assert triton_bra._bra_fwd is not None, "triton kernels not defined"
 torch.manual_seed(0)
 cases = [(1, 16, 14, 14, 2, 4, torch.float32), (2, 16, 9, 10, 4, 3, torch.float32), (1, 16, 3, 5, 2, 8, torch.float32),
          (1, 16, 9, 10, 2, 4, torch.float16)]  # the interpreter's tl.dot mishandles bfloat16: checked on GPU only
@@ -495,7 +729,21 @@ for n, c, h, w, heads, topk, dtype in cases:
     torch.testing.assert_close(res["triton"][0], res["sdpa"][0], **tol)
     for a, b in zip(res["triton"][1], res["sdpa"][1]):
         torch.testing.assert_close(a, b, **{k: 10 * v for k, v in tol.items()})
-assert not bm._TRITON_FAILED, bm._TRITON_FAILED
+assert not triton_bra.FAILED_CONFIGS, triton_bra.FAILED_CONFIGS
+
+# "auto" runs the kernels only when allowed (no GPU record can match on CPU): count kernel launches
+launches = []
+forward = triton_bra._forward
+triton_bra._forward = lambda *a: launches.append(1) or forward(*a)
+m = bm.BiLevelRoutingAttention(16, 2)
+x = torch.randn(1, 16, 9, 10)
+with torch.no_grad():
+    for env, kernel, runs in [("", "auto", 0), ("1", "auto", 1), ("0", "auto", 0), ("0", "triton", 0), ("", "triton", 1)]:
+        os.environ["YOLO_ATTENTION_TRITON"] = env
+        m.kernel = kernel
+        before = len(launches)
+        m(x)
+        assert len(launches) - before == runs, (env, kernel, launches)
 print("triton ok")
 """
 
