@@ -270,3 +270,14 @@ def test_untested_ultralytics_version_fails_with_the_named_error(monkeypatch):
         _build(d)
     monkeypatch.setenv(UNTESTED_ENV, "1")
     assert isinstance(_build(d).model[10], yolo_attention.SE)
+
+
+def test_every_class_inside_registered_modules_is_a_safe_global():
+    """ULTRALYTICS_SAFE_LOAD / weights_only loaders must accept every class our modules are built from."""
+    import ultralytics.nn.tasks  # noqa: F401  (installs the adapter)
+
+    safe = {c for c in torch.serialization.get_safe_globals() if isinstance(c, type)}
+    for info in yolo_attention.list_attention():
+        m = yolo_attention.create_attention(info.name, 32)
+        ours = {type(x) for x in m.modules() if type(x).__module__.startswith("yolo_attention")}
+        assert ours <= safe, f"{info.name}: not safe globals: {sorted(c.__qualname__ for c in ours - safe)}"

@@ -355,14 +355,15 @@ class DetectorAdapter:
 
 
 def _helper_classes(cls: type) -> list[type]:
-    """nn.Module classes defined beside ``cls`` (its building blocks), for the safe-globals list."""
-    module = sys.modules.get(cls.__module__)
-    if module is None:
-        return []
+    """nn.Module classes of ``cls``'s package (its building blocks: norms, routers, MLPs), for safe globals."""
+    package = cls.__module__.rpartition(".")[0] or cls.__module__
     return [
-        v for v in vars(module).values()
-        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__
-    ]  # fmt: skip
+        v
+        for name, module in list(sys.modules.items())
+        if module is not None and (name == package or name.startswith(package + "."))
+        for v in list(vars(module).values())
+        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == name
+    ]
 
 
 def untested_allowed() -> bool:
