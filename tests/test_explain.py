@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from _helpers import _registry_does_not_leak, attn_name, make, registry_snapshot  # noqa: F401  (fixtures)
-from yolo_attention import DoubleAttention, create_attention, get_attention_info
+from yolo_attention import DoubleAttention, create_attention
 from yolo_attention.explain import ExplainOptions, Picture, Table, explain_models, write_report_html
 from yolo_attention.explain.cli import main as explain_main
 from yolo_attention.explain.detectors import Placement
@@ -165,50 +165,6 @@ def test_tokens_tap_draws_the_query_positions_attention():
 # ------------------------------------------------------------------------------------------------ routing
 
 
-class _Router(nn.Module):
-    """Stand-in for the planned parameterless ``router`` submodule: passes the top-k indices through."""
-
-    def forward(self, idx):
-        return idx
-
-
-class _RoutedBRA(BiLevelRoutingAttention):
-    """Stand-in for BRA with the planned interface (``router`` tap, ``token_attention(x, region)``),
-    used until the real module has them. Its token attention is a placeholder map: 1 on routed tokens."""
-
-    def __init__(self, channels: int, **kwargs):
-        super().__init__(channels, **kwargs)
-        self.router = _Router()
-
-    def _route(self, xr, valid):
-        return self.router(super()._route(xr, valid))
-
-    def token_attention(self, x, region):
-        h, w = x.shape[-2:]
-        nh, rh, _ = region_grid(h, self.n_win)
-        nw, rw, _ = region_grid(w, self.n_win)
-        out = torch.zeros(x.shape[0], nh * rh, nw * rw)
-        for n, r in enumerate(self._last_routed(x)[:, region].tolist()):
-            for j in r:
-                out[n, (j // nw) * rh : (j // nw + 1) * rh, (j % nw) * rw : (j % nw + 1) * rw] = 1
-        return out[:, :h, :w]
-
-    def _last_routed(self, x):
-        idx = []
-        handle = self.router.register_forward_hook(lambda m, a, o: idx.append(o))
-        self(x)
-        handle.remove()
-        return idx[0]
-
-
-def _routing_module():
-    """The real BRA once it has a router tap and token_attention; until then the stand-in, registered meanwhile."""
-    real = create_attention("bra", C, num_heads=4, n_win=3, topk=2)
-    if hasattr(real, "token_attention") and any(t.kind == "routing" for t in get_attention_info("bra").taps):
-        return real, None
-    return _RoutedBRA(C, num_heads=4, n_win=3, topk=2), _RoutedBRA
-
-
 def _paper_routing(m: BiLevelRoutingAttention, x: torch.Tensor) -> torch.Tensor:
     """Top-k regions from the paper's definition: region means (real tokens) of q and k, affinity q_r k_r^T."""
     c = m.channels
@@ -229,16 +185,13 @@ def _paper_routing(m: BiLevelRoutingAttention, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("query", [(5.0, 5.0), (150.0, 90.0), (60.0, 40.0)])
 def test_routing_picture_marks_exactly_the_routed_regions(query):
-    m, standin = _routing_module()
-    with registry_snapshot():
-        if standin is not None:
-            register_attention("routed_bra_standin", taps=[AttentionTap("router", "routing", "routing")])(standin)
-        torch.manual_seed(0)
-        x = torch.randn(N, C, H, W)
-        layers, _, cap = _capture(m.eval(), x)
-        notes = Notes()
-        view = _view(1, query)
-        panels = layer_panels(layers[0], cap, view, notes)
+    m = create_attention("bra", C, num_heads=4, n_win=3, topk=2).eval()
+    torch.manual_seed(0)
+    x = torch.randn(N, C, H, W)
+    layers, _, cap = _capture(m, x)
+    notes = Notes()
+    view = _view(1, query)
+    panels = layer_panels(layers[0], cap, view, notes)
     expected = _paper_routing(m, x)  # (N, R, k)
     nh, rh, _ = region_grid(H, 3)
     nw, rw, _ = region_grid(W, 3)
@@ -256,6 +209,16 @@ def test_routing_picture_marks_exactly_the_routed_regions(query):
     heat = next(p for p in panels if "token attention" in p.title)
     assert heat.heat.shape == (H * STRIDE, W * STRIDE) and heat.heat.max() > 0
     assert not notes, notes
+    # the heatmap is the module's own attention: a distribution over exactly the routed regions' tokens
+    from yolo_attention.explain.views import region_token_attention
+
+    a = region_token_attention(m, x[1:2], q)[0]
+    on = torch.zeros(H, W, dtype=torch.bool)
+    for r in expected[1, q].tolist():
+        ri, rj = divmod(r, nw)
+        on[ri * rh : (ri + 1) * rh, rj * rw : (rj + 1) * rw] = True
+    assert a.shape == (H, W) and torch.allclose(a.sum(), torch.tensor(1.0), atol=1e-5)
+    assert (a[~on] == 0).all() and (a[on] > 0).all()
 
 
 # ------------------------------------------------------------------------------------------------ geometry, HTML

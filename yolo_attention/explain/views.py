@@ -162,17 +162,23 @@ def region_box(region: int, grid, h: int, w: int, view: ImageView, label: str, c
 
 
 def region_token_attention(owner, x: torch.Tensor, region: int) -> torch.Tensor | None:
-    """The token attention of one query region, as a map (N, H, W) over the owner's input grid.
+    """The token attention of one query region, as a map (N=1, H, W) over the owner's input grid.
 
-    The one call into the module's own method (planned: ``token_attention(x, region)``, returning
-    the attention weights of the region's query tokens averaged over heads and queries, placed on
-    the input grid); None when the module has no such method.
+    The one call into the module's own method, ``region_attention(x, region)`` (the probabilities
+    the forward pass uses, heads x query tokens x routed keys): averaged over heads and the region's
+    real query tokens, and placed at the keys' positions. None when the module has no such method.
     """
-    fn = getattr(owner, "token_attention", None)
+    fn = getattr(owner, "region_attention", None)
     if fn is None:
         return None
     with torch.no_grad():
-        return fn(x, region)
+        ra = fn(x, region)
+    geo = ra.geometry
+    queries = geo.valid_tokens(ra.probs.device)[region]
+    weights = ra.probs.float().mean(0)[queries].mean(0)  # (k*T,): what the region's queries attend to
+    grid = weights.new_zeros(geo.regions, geo.tokens)
+    grid.index_add_(0, ra.routes.long(), weights.view(-1, geo.tokens))
+    return geo.to_map(grid.view(1, geo.regions, geo.tokens, 1), 1)[:, 0]
 
 
 def _routing_panels(layer, k, t, cap, view, notes) -> list[Panel]:
@@ -197,7 +203,7 @@ def _routing_panels(layer, k, t, cap, view, notes) -> list[Panel]:
     panels = [Panel(title, view.rgb, boxes=boxes)]
     a = region_token_attention(owner, x[view.index : view.index + 1], q)
     if a is None or tuple(a.shape) != (1, h, w):
-        got = "no token_attention method" if a is None else f"token_attention returned {tuple(a.shape)}"
+        got = "no region_attention method" if a is None else f"region_attention gave a {tuple(a.shape)} map"
         notes.add(f"{layer.label}: token attention not drawn ({got}; expected a (1, {h}, {w}) map)")
     else:
         panels.append(Panel(f"{layer.label}: token attention of query region {q}", view.rgb,

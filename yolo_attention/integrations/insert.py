@@ -19,8 +19,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn as nn
 
 from .yaml_gen import insert_attention
 
