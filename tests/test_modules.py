@@ -188,6 +188,9 @@ def test_eval_is_deterministic_and_train_eval_consistent(attn_name):
 # of convA/convB/convV) vanish at init; W_r and b_r themselves get gradients.
 ZERO_GRAD_AT_INIT = {
     "a2": {"convA.weight", "convA.bias", "convB.weight", "convB.bias", "convV.weight", "convV.bias"},
+    # GC: the transform's last conv is zero-initialised (the block starts as the identity)
+    "gc": {"conv_mask.weight", "add_transform.0.weight", "add_transform.0.bias", "add_transform.1.weight",
+           "add_transform.1.bias"},
 }
 
 
@@ -549,6 +552,8 @@ BAD_ARGS = {
     "mlp_ratio": [(0, "positive"), (-1.0, "positive"), ("3", "positive")],
     "drop_path": [(1.0, "[0, 1)"), (-0.1, "[0, 1)"), ("0.1", "[0, 1)")],
     "k_size": [(0, "positive"), (4, "odd")],
+    "pool_type": [("max", "attn"), (None, "avg")],
+    "fusion": [("concat", "add"), ("mul", "scale")],
 }
 
 

@@ -4,7 +4,15 @@
 them available to ultralytics model YAMLs.
 """
 
-from .modules import BAM, SE, BiFormerBlock, BiLevelRoutingAttention, DoubleAttention, make_divisible
+from .modules import (
+    BAM,
+    SE,
+    BiFormerBlock,
+    BiLevelRoutingAttention,
+    DoubleAttention,
+    GlobalContext,
+    make_divisible,
+)
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
 
 __version__ = "0.1.0"
@@ -23,6 +31,7 @@ __all__ = [
     "BAM",
     "BiLevelRoutingAttention",
     "BiFormerBlock",
+    "GlobalContext",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

@@ -3,6 +3,7 @@
 from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .double_attention import DoubleAttention
+from .global_context import GlobalContext
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .se import SE
 
@@ -12,6 +13,7 @@ __all__ = [
     "BAM",
     "BiLevelRoutingAttention",
     "BiFormerBlock",
+    "GlobalContext",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",

@@ -15,7 +15,9 @@ __all__ = [
     "check_channels",
     "check_positive",
     "check_ratio",
+    "check_choice",
     "check_input",
+    "softmax_fp32",
     "resolve_layer",
     "SafeBatchNorm2d",
     "LayerNorm2d",
@@ -65,6 +67,13 @@ def check_ratio(module: str, arg: str, value) -> float:
     return float(value)
 
 
+def check_choice(module: str, arg: str, value, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of the strings ``choices``, else a clear error listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{module}: argument '{arg}' must be one of {list(choices)}, got {value!r}")
+    return value
+
+
 def check_input(module: nn.Module, x: torch.Tensor) -> None:
     """Fail loudly on a tensor the module was not built for (cheap: Python-level shape checks only)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -77,6 +86,11 @@ def check_input(module: nn.Module, x: torch.Tensor) -> None:
             f"{type(module).__name__}: input has {x.shape[1]} channels but the module was built with "
             f"channels={module.channels}"
         )
+
+
+def softmax_fp32(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax computed in at least float32 (float16/bfloat16 logits do not overflow), returned in ``t.dtype``."""
+    return torch.softmax(t, dim, dtype=torch.promote_types(t.dtype, torch.float32)).to(t.dtype)
 
 
 _NAMED_LAYERS: dict[str, Callable[[], nn.Module]] = {

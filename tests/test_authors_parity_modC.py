@@ -1,0 +1,103 @@
+"""Equality with the authors' own PyTorch code (GC, CCNet, PSA, DAT), same weights, float64.
+
+Skips unless YOLO_ATTENTION_AUTHORS_CODE names a directory with the authors' work trees (see
+tests/_authors.py); docs/authors-parity.md records the commits checked and the results. The
+non-local block (Caffe2) and BoTNet (TensorFlow) have no official PyTorch code: they are
+checked against the papers' equations in test_modules_modC.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+from _authors import authors_module
+from _helpers import _registry_does_not_leak, activate  # noqa: F401
+from yolo_attention import GlobalContext
+
+
+def _randomise(*modules: nn.Module, seed: int = 0) -> None:
+    """Non-trivial values for every parameter (zero-initialised ones included)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+
+
+def _assert_same_forward_and_grads(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, pairs, run_theirs=None):
+    """Same output, same input gradient and same gradient for each (our name, their name) parameter pair."""
+    run_theirs = run_theirs or theirs
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    ya, yb = ours(xa), run_theirs(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-10, atol=1e-10)
+    g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(5), dtype=ya.dtype)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-10)
+    ours_p, theirs_p = dict(ours.named_parameters()), dict(theirs.named_parameters())
+    for a, b in pairs:
+        torch.testing.assert_close(ours_p[a].grad, theirs_p[b].grad.reshape(ours_p[a].shape), rtol=1e-9, atol=1e-10,
+                                   msg=lambda m, a=a: f"gradient of {a}: {m}")  # fmt: skip
+    return (ya - yb).abs().max().item()
+
+
+def _copy(ours: nn.Module, theirs: nn.Module, pairs) -> None:
+    ours_p, theirs_p = dict(ours.named_parameters()), dict(theirs.named_parameters())
+    with torch.no_grad():
+        for a, b in pairs:
+            ours_p[a].copy_(theirs_p[b].reshape(ours_p[a].shape))
+
+
+# --------------------------------------------------------------------------------------
+# GC: xvjiarui/GCNet, mmdet/ops/gcb/context_block.py (ContextBlock)
+# --------------------------------------------------------------------------------------
+
+
+def _gcnet_module():
+    # the file imports two weight initialisers from mmcv (not installed, and irrelevant here: the
+    # weights are overwritten); a stand-in module provides them for the import only
+    stub = types.ModuleType("mmcv.cnn")
+    stub.constant_init = lambda m, val, bias=0: (nn.init.constant_(m.weight, val), m.bias is None or nn.init.constant_(m.bias, bias))  # noqa: E501
+    stub.kaiming_init = lambda m, mode="fan_out", **kw: nn.init.kaiming_normal_(m.weight, mode=mode)
+    saved = {k: sys.modules.get(k) for k in ("mmcv", "mmcv.cnn")}
+    sys.modules["mmcv"], sys.modules["mmcv.cnn"] = types.ModuleType("mmcv"), stub
+    try:
+        return authors_module("xvjiarui/GCNet", "mmdet/ops/gcb/context_block.py")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+_GC_FUSIONS = {"add": ("channel_add",), "scale": ("channel_mul",), "both": ("channel_add", "channel_mul")}
+
+
+@pytest.mark.parametrize("pool_type,fusion", [("attn", "add"), ("avg", "add"), ("attn", "scale"), ("attn", "both")])
+def test_gc_equals_authors_context_block(pool_type, fusion):
+    mod = _gcnet_module()
+    theirs = mod.ContextBlock(64, ratio=1 / 16, pooling_type="att" if pool_type == "attn" else "avg",
+                              fusion_types=_GC_FUSIONS[fusion]).double()  # fmt: skip
+    # C = 64, r = 16: their int(C / r) = 4 hidden channels; ours would be 8 (never below rd_divisor), so set it
+    ours = GlobalContext(64, rd_channels=theirs.planes, pool_type=pool_type, fusion=fusion).double()
+    _randomise(theirs)
+    pairs = []
+    if pool_type == "attn":
+        pairs.append(("conv_mask.weight", "conv_mask.weight"))  # their mask bias cancels in the softmax
+    for ours_name, their_name in (("add_transform", "channel_add_conv"), ("scale_transform", "channel_mul_conv")):
+        if getattr(ours, ours_name) is not None:
+            pairs += [(f"{ours_name}.{i}.{p}", f"{their_name}.{i}.{p}") for i in (0, 1, 3) for p in ("weight", "bias")]
+    _copy(ours, theirs, pairs)
+    for shape in [(2, 64, 9, 13), (1, 64, 1, 1), (3, 64, 20, 7)]:
+        ours.zero_grad()
+        theirs.zero_grad()
+        x = torch.randn(shape, dtype=torch.float64)
+        diff = _assert_same_forward_and_grads(ours, theirs, x, pairs)
+        print(f"gc {pool_type}/{fusion} {shape}: max |diff| {diff:.2e}")
