@@ -191,6 +191,8 @@ ZERO_GRAD_AT_INIT = {
     # GC: the transform's last conv is zero-initialised (the block starts as the identity)
     "gc": {"conv_mask.weight", "add_transform.0.weight", "add_transform.0.bias", "add_transform.1.weight",
            "add_transform.1.bias"},
+    # non-local: BN's scale after W_z is zero-initialised (the block starts as the identity)
+    "nonlocal": {"theta.weight", "theta.bias", "phi.weight", "g.weight", "g.bias", "w_z.weight"},
 }
 
 
@@ -554,6 +556,7 @@ BAD_ARGS = {
     "k_size": [(0, "positive"), (4, "odd")],
     "pool_type": [("max", "attn"), (None, "avg")],
     "fusion": [("concat", "add"), ("mul", "scale")],
+    "pool_size": [(0, "positive"), (2.0, "positive int")],
 }
 
 

@@ -16,12 +16,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from _helpers import _registry_does_not_leak, activate, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import GlobalContext
+from yolo_attention import GlobalContext, NonLocalBlock
 
 
 def _conv1x1(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
     out = torch.einsum("oc,nchw->nohw", conv.weight.flatten(1), t)
     return out if conv.bias is None else out + conv.bias[None, :, None, None]
+
+
+def _batch_norm(t: torch.Tensor, bn: nn.BatchNorm2d, training: bool) -> torch.Tensor:
+    if training:
+        mean, var = t.mean((0, 2, 3)), t.var((0, 2, 3), unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    t = (t - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
+    return t * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
 
 
 def _layer_norm_channels(t: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
@@ -117,3 +126,92 @@ def test_gc_hidden_width():
     assert GlobalContext(64, rd_channels=3).rd_channels == 3
     m = GlobalContext(8, rd_ratio=1 / 4, rd_divisor=1)
     assert m.rd_channels == 2 and m(torch.randn(1, 8, 3, 3)).shape == (1, 8, 3, 3)
+
+
+# --------------------------------------------------------------------------------------
+# Non-local block (arXiv:1711.07971)
+# --------------------------------------------------------------------------------------
+
+
+def _max_pool_ceil(x: torch.Tensor, p: int) -> torch.Tensor:
+    """p x p max-pool with stride p that keeps a partial last window (pads with -inf, then blocks)."""
+    n, c, h, w = x.shape
+    hp, wp = -(-h // p) * p, -(-w // p) * p
+    x = F.pad(x, (0, wp - w, 0, hp - h), value=float("-inf"))
+    return x.reshape(n, c, hp // p, p, wp // p, p).amax((3, 5))
+
+
+def _nonlocal_reference(m: NonLocalBlock, x: torch.Tensor, training: bool, scale: float | None = None) -> torch.Tensor:
+    """z = BN(W_z y) + x,  y_i = sum_j softmax_j(s theta_i . phi_j) g_j  over sub-sampled keys."""
+    n, c, h, w = x.shape
+    src = x if m.pool_size == 1 else _max_pool_ceil(x, m.pool_size)
+    theta = _conv1x1(m.theta, x).flatten(2)  # N, C', HW
+    phi, g = _conv1x1(m.phi, src).flatten(2), _conv1x1(m.g, src).flatten(2)  # N, C', HW'
+    logits = torch.einsum("nci,ncj->nij", theta, phi) * (m.scale if scale is None else scale)
+    y = torch.einsum("nij,ncj->nci", torch.softmax(logits, dim=2), g).reshape(n, -1, h, w)
+    z = _conv1x1(m.w_z, y)
+    return x + (_batch_norm(z, m.norm, training) if isinstance(m.norm, nn.BatchNorm2d) else z)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("pool_size", [1, 2, 3])
+def test_nonlocal_matches_formula(mode, pool_size):
+    m = activate(NonLocalBlock(32, pool_size=pool_size)).double().train(mode == "train")
+    assert m.rd_channels == 16 and m.scale == 16**-0.5  # C/2, and the authors' code's C'^-1/2
+    for shape in [(2, 32, 9, 11), (3, 32, 5, 1), (2, 32, 1, 1), (2, 32, 16, 12)]:
+        x = torch.randn(shape, dtype=torch.float64)
+        ref = _nonlocal_reference(m, x, training=mode == "train")
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_nonlocal_paper_scale_and_no_norm():
+    """qk_scale=1 is Eq. 3 without scaling; norm_layer=None uses a zero-initialised W_z instead of BN."""
+    m = activate(NonLocalBlock(24, qk_scale=1.0, norm_layer=None)).double().eval()
+    assert isinstance(m.norm, nn.Identity) and m.w_z.bias is not None
+    x = torch.randn(2, 24, 7, 6, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)
+        torch.testing.assert_close(y, _nonlocal_reference(m, x, training=False), rtol=1e-10, atol=1e-10)
+        scaled = _nonlocal_reference(m, x, training=False, scale=m.rd_channels**-0.5)
+        assert rel_err(scaled - x, y - x) > 0.01  # the scale is not a no-op: the test would see a wrong one
+    fresh = NonLocalBlock(24, norm_layer=None)
+    torch.testing.assert_close(fresh(x.float()), x.float(), rtol=0, atol=0)
+
+
+def test_nonlocal_softmax_over_keys_by_invariance():
+    """With g constant (g_j = b), softmax weights over the keys j sum to 1, so y_i = b at every i and
+    z = x + BN(W_z b) whatever theta and phi are. A softmax over the queries breaks this."""
+    m = activate(NonLocalBlock(16, pool_size=1)).eval()
+    with torch.no_grad():
+        m.g.weight.zero_()
+        for conv in (m.theta, m.phi):
+            conv.weight.mul_(4)
+        b = m.g.bias[None, :, None, None]
+        for shape in [(2, 16, 6, 9), (1, 16, 1, 1), (2, 16, 3, 1)]:
+            x = torch.randn(shape) * 3
+            expected = x + _batch_norm(_conv1x1(m.w_z, b), m.norm, training=False)
+            torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_nonlocal_starts_as_identity():
+    m = NonLocalBlock(64)
+    x = torch.randn(2, 64, 9, 7)
+    for mode in (True, False):
+        with torch.no_grad():
+            torch.testing.assert_close(m.train(mode)(x), x, rtol=0, atol=0)
+
+
+def test_nonlocal_pooling_keeps_the_last_row_and_column():
+    """ceil-mode sub-sampling: the keys include the last row/column of an odd map (floor drops them),
+    so changing only those changes the output at the opposite corner."""
+    m = activate(NonLocalBlock(16)).eval()
+    x = torch.randn(1, 16, 5, 7)
+    for index in [(..., 4, slice(None)), (..., slice(None), 6)]:
+        x2 = x.clone()
+        x2[index] += 3 * torch.randn_like(x2[index])
+        with torch.no_grad():
+            assert (m(x2)[..., 0, 0] - m(x)[..., 0, 0]).abs().max() > 1e-3
+    with torch.no_grad():
+        assert m(torch.randn(2, 16, 1, 1)).shape == (2, 16, 1, 1)
+        assert m(torch.randn(2, 16, 1, 9)).shape == (2, 16, 1, 9)

@@ -11,6 +11,7 @@ from .modules import (
     BiLevelRoutingAttention,
     DoubleAttention,
     GlobalContext,
+    NonLocalBlock,
     make_divisible,
 )
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
@@ -32,6 +33,7 @@ __all__ = [
     "BiLevelRoutingAttention",
     "BiFormerBlock",
     "GlobalContext",
+    "NonLocalBlock",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

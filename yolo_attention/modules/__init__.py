@@ -5,6 +5,7 @@ from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .double_attention import DoubleAttention
 from .global_context import GlobalContext
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
+from .non_local import NonLocalBlock
 from .se import SE
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "BiLevelRoutingAttention",
     "BiFormerBlock",
     "GlobalContext",
+    "NonLocalBlock",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
