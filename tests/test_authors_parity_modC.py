@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from _authors import authors_module
 from _helpers import _registry_does_not_leak, activate  # noqa: F401
-from yolo_attention import GlobalContext
+from yolo_attention import CrissCrossAttention, GlobalContext
 
 
 def _randomise(*modules: nn.Module, seed: int = 0) -> None:
@@ -29,12 +29,13 @@ def _randomise(*modules: nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
 
 
-def _assert_same_forward_and_grads(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, pairs, run_theirs=None):
-    """Same output, same input gradient and same gradient for each (our name, their name) parameter pair."""
-    run_theirs = run_theirs or theirs
+def _assert_same_forward_and_grads(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, pairs, run_ours=None,
+                                   run_theirs=None):  # fmt: skip
+    """Same output, same input gradient and same gradient for each (our name, their name) parameter pair;
+    ``run_ours``/``run_theirs`` replace the modules' forward (e.g. one branch, or R passes)."""
     xa = x.clone().requires_grad_(True)
     xb = x.clone().requires_grad_(True)
-    ya, yb = ours(xa), run_theirs(xb)
+    ya, yb = (run_ours or ours)(xa), (run_theirs or theirs)(xb)
     torch.testing.assert_close(ya, yb, rtol=1e-10, atol=1e-10)
     g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(5), dtype=ya.dtype)
     ya.backward(g)
@@ -101,3 +102,35 @@ def test_gc_equals_authors_context_block(pool_type, fusion):
         x = torch.randn(shape, dtype=torch.float64)
         diff = _assert_same_forward_and_grads(ours, theirs, x, pairs)
         print(f"gc {pool_type}/{fusion} {shape}: max |diff| {diff:.2e}")
+
+
+# --------------------------------------------------------------------------------------
+# Criss-cross: speedinghzl/CCNet, cc_attention/functions.py (CrissCrossAttention, pure PyTorch)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recurrence", [1, 2])
+def test_criss_cross_equals_authors(recurrence, monkeypatch):
+    mod = authors_module("speedinghzl/CCNet", "cc_attention/functions.py")
+    # their -inf mask is created with .cuda(); on this CPU-only machine .cuda() is made a no-op
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    theirs = mod.CrissCrossAttention(64).double()
+    ours = CrissCrossAttention(64, recurrence=recurrence).double()
+    assert ours.rd_channels == theirs.query_conv.out_channels == 8
+    _randomise(theirs)
+    pairs = [("query.weight", "query_conv.weight"), ("query.bias", "query_conv.bias"),  # their key bias cancels
+             ("key.weight", "key_conv.weight"), ("value.weight", "value_conv.weight"),
+             ("value.bias", "value_conv.bias"), ("gamma", "gamma")]  # fmt: skip
+    _copy(ours, theirs, pairs)
+
+    def run_theirs(x):  # RCCA: the same module R times (networks/ccnet.py, RCCAModule.forward)
+        for _ in range(recurrence):
+            x = theirs(x)
+        return x
+
+    for shape in [(2, 64, 7, 9), (1, 64, 12, 5), (2, 64, 1, 6)]:
+        ours.zero_grad()
+        theirs.zero_grad()
+        x = torch.randn(shape, dtype=torch.float64)
+        diff = _assert_same_forward_and_grads(ours, theirs, x, pairs, run_theirs=run_theirs)
+        print(f"crisscross R={recurrence} {shape}: max |diff| {diff:.2e}")

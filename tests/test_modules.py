@@ -193,6 +193,8 @@ ZERO_GRAD_AT_INIT = {
            "add_transform.1.bias"},
     # non-local: BN's scale after W_z is zero-initialised (the block starts as the identity)
     "nonlocal": {"theta.weight", "theta.bias", "phi.weight", "g.weight", "g.bias", "w_z.weight"},
+    # criss-cross: gamma = 0 at init (the module starts as the identity)
+    "crisscross": {"query.weight", "query.bias", "key.weight", "value.weight", "value.bias"},
 }
 
 
@@ -557,6 +559,7 @@ BAD_ARGS = {
     "pool_type": [("max", "attn"), (None, "avg")],
     "fusion": [("concat", "add"), ("mul", "scale")],
     "pool_size": [(0, "positive"), (2.0, "positive int")],
+    "recurrence": [(0, "positive"), (1.5, "positive int")],
 }
 
 

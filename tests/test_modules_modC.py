@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from _helpers import _registry_does_not_leak, activate, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import GlobalContext, NonLocalBlock
+from yolo_attention import CrissCrossAttention, GlobalContext, NonLocalBlock
 
 
 def _conv1x1(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
@@ -215,3 +215,66 @@ def test_nonlocal_pooling_keeps_the_last_row_and_column():
     with torch.no_grad():
         assert m(torch.randn(2, 16, 1, 1)).shape == (2, 16, 1, 1)
         assert m(torch.randn(2, 16, 1, 9)).shape == (2, 16, 1, 9)
+
+
+# --------------------------------------------------------------------------------------
+# Criss-cross attention (arXiv:1811.11721)
+# --------------------------------------------------------------------------------------
+
+
+def _criss_cross_loops(m: CrissCrossAttention, x: torch.Tensor, count_self_twice: bool = False) -> torch.Tensor:
+    """One pass, position by position: softmax over the H + W - 1 positions of u's column and row."""
+    q, k, v = _conv1x1(m.query, x), _conv1x1(m.key, x), _conv1x1(m.value, x)
+    n, _, h, w = x.shape
+    out = torch.empty_like(x)
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                path = [(g, j) for g in range(h) if g != i or count_self_twice] + [(i, c) for c in range(w)]
+                logits = torch.stack([q[b, :, i, j] @ k[b, :, g, c] for g, c in path])
+                a = torch.softmax(logits, 0)
+                out[b, :, i, j] = sum(a[t] * v[b, :, g, c] for t, (g, c) in enumerate(path))
+    return x + m.gamma * out
+
+
+def test_criss_cross_matches_loops():
+    m = activate(CrissCrossAttention(16, recurrence=1)).double()
+    with torch.no_grad():
+        m.query.weight.mul_(3)
+        for shape in [(2, 16, 4, 5), (1, 16, 1, 6), (1, 16, 5, 1), (1, 16, 1, 1)]:
+            x = torch.randn(shape, dtype=torch.float64)
+            torch.testing.assert_close(m(x), _criss_cross_loops(m, x), rtol=1e-10, atol=1e-10)
+
+
+def test_criss_cross_counts_self_once():
+    """The joint softmax covers H + W - 1 positions: u appears once. Counting it twice (no mask on the
+    column diagonal, a plausible bug) is a different function."""
+    m = activate(CrissCrossAttention(16, recurrence=1)).double()
+    x = torch.randn(2, 16, 5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        twice = _criss_cross_loops(m, x, count_self_twice=True)
+        assert rel_err(twice - x, m(x) - x) > 0.01
+
+
+def test_criss_cross_recurrence_shares_weights_and_reaches_every_position():
+    m = activate(CrissCrossAttention(16, recurrence=2)).double()
+    one = copy.deepcopy(m)
+    one.recurrence = 1
+    assert {n for n, _ in m.named_parameters()} == {"query.weight", "query.bias", "key.weight", "value.weight",
+                                                   "value.bias", "gamma"}  # fmt: skip
+    x = torch.randn(1, 16, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), one(one(x)), rtol=1e-12, atol=1e-12)
+        # (0, 0) and (3, 4) share neither row nor column: one pass cannot connect them, two passes do
+        x2 = x.clone()
+        x2[..., 3, 4] += 1.0
+        assert torch.equal(one(x2)[..., 0, 0], one(x)[..., 0, 0])
+        assert (m(x2)[..., 0, 0] - m(x)[..., 0, 0]).abs().max() > 1e-6
+
+
+def test_criss_cross_starts_as_identity():
+    m = CrissCrossAttention(64)
+    assert m.rd_channels == 8  # C / 8
+    x = torch.randn(2, 64, 6, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), x, rtol=0, atol=0)

@@ -2,6 +2,7 @@
 
 from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
+from .criss_cross import CrissCrossAttention
 from .double_attention import DoubleAttention
 from .global_context import GlobalContext
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
@@ -16,6 +17,7 @@ __all__ = [
     "BiFormerBlock",
     "GlobalContext",
     "NonLocalBlock",
+    "CrissCrossAttention",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
