@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from _authors import authors_module
 from _helpers import _registry_does_not_leak, activate  # noqa: F401
-from yolo_attention import CrissCrossAttention, GlobalContext
+from yolo_attention import CrissCrossAttention, GlobalContext, PolarizedSelfAttention
 
 
 def _randomise(*modules: nn.Module, seed: int = 0) -> None:
@@ -134,3 +134,29 @@ def test_criss_cross_equals_authors(recurrence, monkeypatch):
         x = torch.randn(shape, dtype=torch.float64)
         diff = _assert_same_forward_and_grads(ours, theirs, x, pairs, run_theirs=run_theirs)
         print(f"crisscross R={recurrence} {shape}: max |diff| {diff:.2e}")
+
+
+# --------------------------------------------------------------------------------------
+# Polarized self-attention: DeLightCMU/PSA, semantic-segmentation/network/PSA.py (PSA_p)
+# --------------------------------------------------------------------------------------
+
+
+def test_polarized_channel_only_branch_equals_authors_psa_p():
+    """Their PSA_p's channel-only branch (``spatial_pool``) is Eq. 2 without the LayerNorm: equal to ours with
+    norm_layer=None. Their spatial-only branch (``channel_pool``) places the softmax differently from Eq. 3
+    (see the module docstring), so it is not compared."""
+    mod = authors_module("DeLightCMU/PSA", "semantic-segmentation/network/PSA.py")
+    theirs = mod.PSA_p(64, 64).double()
+    ours = PolarizedSelfAttention(64, norm_layer=None).double()
+    _randomise(theirs)
+    pairs = [("ch_wq.weight", "conv_q_right.weight"), ("ch_wv.weight", "conv_v_right.weight"),
+             ("ch_wz.weight", "conv_up.weight")]  # fmt: skip
+    _copy(ours, theirs, pairs)
+    for shape in [(2, 64, 9, 13), (1, 64, 1, 1), (3, 64, 16, 5)]:
+        ours.zero_grad()
+        theirs.zero_grad()
+        x = torch.randn(shape, dtype=torch.float64)
+        diff = _assert_same_forward_and_grads(ours, theirs, x, pairs, lambda t: t * ours.channel_only(t),
+                                              theirs.spatial_pool)  # fmt: skip
+        print(f"polarized channel-only {shape}: max |diff| {diff:.2e}")
+

@@ -560,6 +560,7 @@ BAD_ARGS = {
     "fusion": [("concat", "add"), ("mul", "scale")],
     "pool_size": [(0, "positive"), (2.0, "positive int")],
     "recurrence": [(0, "positive"), (1.5, "positive int")],
+    "layout": [("serial", "parallel"), ("", "sequential")],
 }
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from _helpers import _registry_does_not_leak, activate, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import CrissCrossAttention, GlobalContext, NonLocalBlock
+from yolo_attention import CrissCrossAttention, GlobalContext, NonLocalBlock, PolarizedSelfAttention
 
 
 def _conv1x1(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
@@ -278,3 +278,69 @@ def test_criss_cross_starts_as_identity():
     x = torch.randn(2, 64, 6, 9)
     with torch.no_grad():
         torch.testing.assert_close(m(x), x, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------
+# Polarized self-attention (arXiv:2107.00782)
+# --------------------------------------------------------------------------------------
+
+
+def _psa_channel_only(m: PolarizedSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 in the paper's order: W_z(W_v(x) . softmax_HW(W_q(x))), LayerNorm over C, sigmoid."""
+    n, c, h, w = x.shape
+    p = torch.softmax(_conv1x1(m.ch_wq, x).reshape(n, h * w), dim=1)  # over the HW positions
+    z = torch.einsum("nki,ni->nk", _conv1x1(m.ch_wv, x).reshape(n, -1, h * w), p)  # N, C/2
+    z = _conv1x1(m.ch_wz, z[:, :, None, None])
+    if isinstance(m.ch_norm, nn.LayerNorm):
+        z = _layer_norm_channels(z, m.ch_norm)
+    return torch.sigmoid(z)
+
+
+def _psa_spatial_only(m: PolarizedSelfAttention, x: torch.Tensor, softmax_after: bool = False) -> torch.Tensor:
+    """Eq. 3: softmax over the C/2 channels of GAP(W_q(x)), times W_v(x), sigmoid. ``softmax_after`` is the
+    authors' PSA_p code instead (no softmax on the query, a softmax over HW after the product)."""
+    n, c, h, w = x.shape
+    q = _conv1x1(m.sp_wq, x).mean((2, 3))  # N, C/2
+    v = _conv1x1(m.sp_wv, x).reshape(n, -1, h * w)  # N, C/2, HW
+    if softmax_after:
+        s = torch.softmax(torch.einsum("nk,nki->ni", q, v), dim=1)
+    else:
+        s = torch.einsum("nk,nki->ni", torch.softmax(q, dim=1), v)
+    return torch.sigmoid(s).reshape(n, 1, h, w)
+
+
+@pytest.mark.parametrize("layout", ["parallel", "sequential"])
+def test_polarized_matches_formula(layout):
+    m = activate(PolarizedSelfAttention(32, layout=layout)).double().eval()
+    with torch.no_grad():
+        for conv in (m.ch_wq, m.sp_wq):
+            conv.weight.mul_(3)
+        for shape in [(2, 32, 9, 7), (1, 32, 1, 1), (3, 32, 1, 10)]:
+            x = torch.randn(shape, dtype=torch.float64)
+            if layout == "parallel":
+                ref = x * _psa_channel_only(m, x) + x * _psa_spatial_only(m, x)
+            else:
+                z = x * _psa_channel_only(m, x)
+                ref = z * _psa_spatial_only(m, z)
+            torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_polarized_spatial_softmax_is_over_the_pooled_query_channels():
+    """The authors' PSA_p code puts the softmax after the product (over positions): a different, nearly
+    constant gate. The reference used above would see that placement."""
+    m = activate(PolarizedSelfAttention(32)).double().eval()
+    x = torch.randn(2, 32, 12, 10, dtype=torch.float64)
+    with torch.no_grad():
+        ours, theirs = m.spatial_only(x), _psa_spatial_only(m, x, softmax_after=True)
+        torch.testing.assert_close(ours, _psa_spatial_only(m, x), rtol=1e-10, atol=1e-10)
+        assert rel_err(theirs, ours) > 0.05
+        assert ((theirs > 0.5) & (theirs <= 0.7311)).all() and theirs.std() < 0.01  # sigmoid of values 1/HW-ish
+
+
+def test_polarized_without_norm_and_odd_channels():
+    m = activate(PolarizedSelfAttention(33, norm_layer=None)).double().eval()
+    assert m.inner_channels == 16 and isinstance(m.ch_norm, nn.Identity)
+    x = torch.randn(2, 33, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), x * _psa_channel_only(m, x) + x * _psa_spatial_only(m, x),
+                                   rtol=1e-10, atol=1e-10)  # fmt: skip

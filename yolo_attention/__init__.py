@@ -13,6 +13,7 @@ from .modules import (
     DoubleAttention,
     GlobalContext,
     NonLocalBlock,
+    PolarizedSelfAttention,
     make_divisible,
 )
 from .registry import AttentionInfo, AttentionTap, create_attention, get_attention_info, list_attention, register_attention
@@ -36,6 +37,7 @@ __all__ = [
     "GlobalContext",
     "NonLocalBlock",
     "CrissCrossAttention",
+    "PolarizedSelfAttention",
     "AttentionInfo",
     "AttentionTap",
     "create_attention",

@@ -7,6 +7,7 @@ from .double_attention import DoubleAttention
 from .global_context import GlobalContext
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
 from .non_local import NonLocalBlock
+from .polarized import PolarizedSelfAttention
 from .se import SE
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "GlobalContext",
     "NonLocalBlock",
     "CrissCrossAttention",
+    "PolarizedSelfAttention",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
