@@ -561,6 +561,7 @@ BAD_ARGS = {
     "pool_size": [(0, "positive"), (2.0, "positive int")],
     "recurrence": [(0, "positive"), (1.5, "positive int")],
     "layout": [("serial", "parallel"), ("", "sequential")],
+    "max_rel_pos": [(0, "positive"), (3.5, "positive int")],
 }
 
 

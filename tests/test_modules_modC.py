@@ -16,7 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from _helpers import _registry_does_not_leak, activate, rel_err, weighted_loss  # noqa: F401
-from yolo_attention import CrissCrossAttention, GlobalContext, NonLocalBlock, PolarizedSelfAttention
+from yolo_attention import (
+    MHSA,
+    CrissCrossAttention,
+    GlobalContext,
+    NonLocalBlock,
+    PolarizedSelfAttention,
+)
 
 
 def _conv1x1(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
@@ -344,3 +350,70 @@ def test_polarized_without_norm_and_odd_channels():
     with torch.no_grad():
         torch.testing.assert_close(m(x), x * _psa_channel_only(m, x) + x * _psa_spatial_only(m, x),
                                    rtol=1e-10, atol=1e-10)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# BoTNet MHSA with relative position logits (arXiv:2101.11605)
+# --------------------------------------------------------------------------------------
+
+
+def _mhsa_reference(m: MHSA, x: torch.Tensor) -> torch.Tensor:
+    """Full (HW x HW) logits s q_i.k_j + s q_i.(R_h[y'-y] + R_w[x'-x]) with offsets clipped to [-D, D]."""
+    n, c, h, w = x.shape
+    heads, d, big_d = m.num_heads, m.head_dim, m.max_rel_pos
+    qkv = torch.einsum("oc,nchw->nohw", m.qkv.weight.flatten(1), x).reshape(n, 3, heads, d, h * w)
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # N, heads, d, HW
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = (ys[None, :] - ys[:, None]).clamp(-big_d, big_d) + big_d  # [query i, key j]
+    dx = (xs[None, :] - xs[:, None]).clamp(-big_d, big_d) + big_d
+    r = m.rel_h[dy] + m.rel_w[dx]  # HW, HW, d
+    s = d**-0.5
+    logits = s * torch.einsum("nadi,nadj->naij", q, k) + s * torch.einsum("nadi,ijd->naij", q, r)
+    o = torch.einsum("naij,nadj->nadi", torch.softmax(logits, dim=-1), v).reshape(n, c, h, w)
+    return x + o if m.residual else o
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_mhsa_matches_formula_at_any_size(residual):
+    """One module, maps smaller and larger than its offset range (D = 3), square, rectangular, 1x1."""
+    m = MHSA(16, num_heads=4, max_rel_pos=3, residual=residual).double()
+    with torch.no_grad():
+        m.rel_h.mul_(4)  # position logits comparable to content logits
+        m.rel_w.mul_(4)
+        for shape in [(2, 16, 4, 4), (1, 16, 9, 5), (2, 16, 1, 11), (1, 16, 1, 1), (1, 16, 6, 2)]:
+            x = torch.randn(shape, dtype=torch.float64)
+            torch.testing.assert_close(m(x), _mhsa_reference(m, x), rtol=1e-10, atol=1e-10)
+
+
+def test_mhsa_position_logits_matter():
+    """The position term is used (zeroing the tables changes the output), and the sign convention is key
+    minus query: the reference above with query minus key would differ."""
+    m = MHSA(16, max_rel_pos=7, residual=False).double().eval()
+    x = torch.randn(1, 16, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        m.rel_h.mul_(6)
+        m.rel_w.mul_(6)
+        y = m(x)
+        flipped = copy.deepcopy(m)  # R[-k] in place of R[k]: query minus key
+        flipped.rel_h.copy_(m.rel_h.flip(0))
+        flipped.rel_w.copy_(m.rel_w.flip(0))
+        assert rel_err(flipped(x), y) > 0.05
+        flipped.rel_h.zero_()
+        flipped.rel_w.zero_()
+        assert rel_err(flipped(x), y) > 0.05
+    assert m.rel_h.shape == (15, 4) and m.rel_w.shape == (15, 4)  # one table for every map size
+
+
+def test_mhsa_clips_offsets_beyond_max_rel_pos():
+    """On a map longer than D + 1, offsets beyond D use the embedding of +-D: changing a table row other than
+    the outermost ones, for an offset the map does not contain, changes nothing; the outermost rows do."""
+    m = MHSA(8, num_heads=2, max_rel_pos=2, residual=False).double()
+    x = torch.randn(1, 8, 1, 9, dtype=torch.float64)  # offsets -8..8 along W, clipped to -2..2
+    with torch.no_grad():
+        y = m(x)
+        m.rel_w[0].add_(1.0)  # offset -2 and every offset below it
+        assert rel_err(m(x), y) > 1e-3
+        y = m(x)
+        m.rel_h[0].add_(1.0)  # H = 1: only the offset 0 (row 2) occurs along H
+        torch.testing.assert_close(m(x), y, rtol=0, atol=0)

@@ -6,6 +6,7 @@ from .criss_cross import CrissCrossAttention
 from .double_attention import DoubleAttention
 from .global_context import GlobalContext
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
+from .mhsa import MHSA
 from .non_local import NonLocalBlock
 from .polarized import PolarizedSelfAttention
 from .se import SE
@@ -20,6 +21,7 @@ __all__ = [
     "NonLocalBlock",
     "CrissCrossAttention",
     "PolarizedSelfAttention",
+    "MHSA",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",
