@@ -8,6 +8,8 @@ checked against the papers' equations in test_modules_modC.py.
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
 import sys
 import types
 
@@ -15,9 +17,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from _authors import authors_module
+from _authors import authors_module, authors_root
 from _helpers import _registry_does_not_leak, activate  # noqa: F401
-from yolo_attention import CrissCrossAttention, GlobalContext, PolarizedSelfAttention
+from yolo_attention import CrissCrossAttention, DeformableAttention, GlobalContext, PolarizedSelfAttention
 
 
 def _randomise(*modules: nn.Module, seed: int = 0) -> None:
@@ -31,7 +33,8 @@ def _randomise(*modules: nn.Module, seed: int = 0) -> None:
 
 def _assert_same_forward_and_grads(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, pairs, run_ours=None,
                                    run_theirs=None):  # fmt: skip
-    """Same output, same input gradient and same gradient for each (our name, their name) parameter pair;
+    """Same output, same input gradient and same gradient for each (our name, their name) parameter pair
+    (returns the largest absolute difference of all of them);
     ``run_ours``/``run_theirs`` replace the modules' forward (e.g. one branch, or R passes)."""
     xa = x.clone().requires_grad_(True)
     xb = x.clone().requires_grad_(True)
@@ -41,11 +44,13 @@ def _assert_same_forward_and_grads(ours: nn.Module, theirs: nn.Module, x: torch.
     ya.backward(g)
     yb.backward(g)
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-10)
+    diffs = [(ya - yb).abs().max(), (xa.grad - xb.grad).abs().max()]
     ours_p, theirs_p = dict(ours.named_parameters()), dict(theirs.named_parameters())
     for a, b in pairs:
-        torch.testing.assert_close(ours_p[a].grad, theirs_p[b].grad.reshape(ours_p[a].shape), rtol=1e-9, atol=1e-10,
-                                   msg=lambda m, a=a: f"gradient of {a}: {m}")  # fmt: skip
-    return (ya - yb).abs().max().item()
+        ga, gb = ours_p[a].grad, theirs_p[b].grad.reshape(ours_p[a].shape)
+        torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-10, msg=lambda m, a=a: f"gradient of {a}: {m}")
+        diffs.append((ga - gb).abs().max())
+    return max(diffs).item()  # over the output, the input gradient and the parameter gradients
 
 
 def _copy(ours: nn.Module, theirs: nn.Module, pairs) -> None:
@@ -160,3 +165,72 @@ def test_polarized_channel_only_branch_equals_authors_psa_p():
                                               theirs.spatial_pool)  # fmt: skip
         print(f"polarized channel-only {shape}: max |diff| {diff:.2e}")
 
+
+
+# --------------------------------------------------------------------------------------
+# DAT: LeapLabTHU/DAT, models/dat_blocks.py (DAttentionBaseline) at the CVPR 2022 release
+# --------------------------------------------------------------------------------------
+
+DAT_CVPR_COMMIT = "42b489e"  # "Add pretrained weights and motivations"; main has since become DAT++
+
+
+def _dat_cvpr_module(tmp_path):
+    """The CVPR 2022 version of their file, read from the repository's history (main holds DAT++)."""
+    root = authors_root("LeapLabTHU/DAT")
+    try:
+        src = subprocess.run(["git", "-C", str(root), "show", f"{DAT_CVPR_COMMIT}:models/dat_blocks.py"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"authors' code not available: commit {DAT_CVPR_COMMIT} of LeapLabTHU/DAT cannot be read ({e})")
+    file = tmp_path / "dat_blocks_cvpr2022.py"
+    file.write_text(src)
+    spec = importlib.util.spec_from_file_location("_authors_dat_cvpr2022", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _float64_consts(theirs, x):
+    """Their forward, with float64 as the default dtype: their offset range is built with torch.tensor([1 / Hk,
+    1 / Wk]), which would otherwise round 1 / Hk to float32 (a 1e-6 difference that is not ours to test)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return theirs(x)[0]
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize(
+    "size,heads,groups,stride,k_size",
+    [(14, 4, 2, 1, 5), (9, 2, 1, 4, 7), (7, 4, 4, 2, 3)],  # DAT-T stage-3 style; our defaults; more groups
+)
+def test_dat_equals_authors_cvpr2022(tmp_path, size, heads, groups, stride, k_size):
+    """Their module is built for one size (position table (2H-1) x (2W-1)); at that size, with our table of
+    rel_pos_size = H, the two are equal. Their key bias cancels in the softmax (we have none)."""
+    mod = _dat_cvpr_module(tmp_path)
+    c = 32
+    theirs = mod.DAttentionBaseline(
+        q_size=(size, size), kv_size=(size, size), n_heads=heads, n_head_channels=c // heads, n_groups=groups,
+        attn_drop=0.0, proj_drop=0.0, stride=stride, offset_range_factor=2, use_pe=True, dwc_pe=False,
+        no_off=False, fixed_pe=False, stage_idx=0,
+    ).double()  # fmt: skip
+    theirs.conv_offset[0] = nn.Conv2d(c // groups, c // groups, k_size, stride, k_size // 2, groups=c // groups).double()
+    ours = DeformableAttention(c, num_heads=heads, offset_groups=groups, stride=stride, k_size=k_size,
+                               offset_range_factor=2.0, rel_pos_size=size, residual=False).double()  # fmt: skip
+    _randomise(theirs)
+    with torch.no_grad():
+        theirs.conv_offset[3].weight.mul_(10)  # large offsets
+        theirs.rpe_table.mul_(20)
+    pairs = [(f"{p}.{t}", f"{p}.{t}") for p in ("proj_q", "proj_v", "proj_out") for t in ("weight", "bias")]
+    pairs += [("proj_k.weight", "proj_k.weight"), ("conv_offset.0.weight", "conv_offset.0.weight"),
+              ("conv_offset.0.bias", "conv_offset.0.bias"), ("conv_offset.1.weight", "conv_offset.1.norm.weight"),
+              ("conv_offset.1.bias", "conv_offset.1.norm.bias"), ("conv_offset.3.weight", "conv_offset.3.weight"),
+              ("rpe_table", "rpe_table")]  # fmt: skip
+    _copy(ours, theirs, pairs)
+    for batch in (1, 3):
+        ours.zero_grad()
+        theirs.zero_grad()
+        x = torch.randn(batch, c, size, size, dtype=torch.float64)
+        diff = _assert_same_forward_and_grads(ours, theirs, x, pairs, run_theirs=lambda t: _float64_consts(theirs, t))
+        print(f"dat size {size} heads {heads} groups {groups} r {stride} k {k_size} batch {batch}: max |diff| {diff:.2e}")

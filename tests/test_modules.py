@@ -562,6 +562,10 @@ BAD_ARGS = {
     "recurrence": [(0, "positive"), (1.5, "positive int")],
     "layout": [("serial", "parallel"), ("", "sequential")],
     "max_rel_pos": [(0, "positive"), (3.5, "positive int")],
+    "offset_groups": [(0, "positive"), (3, "divisible")],
+    "stride": [(0, "positive"), (2.0, "positive int")],
+    "offset_range_factor": [(0, "positive"), ("2", "positive")],
+    "rel_pos_size": [(0, "positive")],
 }
 
 

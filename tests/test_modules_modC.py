@@ -19,6 +19,7 @@ from _helpers import _registry_does_not_leak, activate, rel_err, weighted_loss  
 from yolo_attention import (
     MHSA,
     CrissCrossAttention,
+    DeformableAttention,
     GlobalContext,
     NonLocalBlock,
     PolarizedSelfAttention,
@@ -417,3 +418,91 @@ def test_mhsa_clips_offsets_beyond_max_rel_pos():
         y = m(x)
         m.rel_h[0].add_(1.0)  # H = 1: only the offset 0 (row 2) occurs along H
         torch.testing.assert_close(m(x), y, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------
+# DAT deformable attention (arXiv:2201.00520)
+# --------------------------------------------------------------------------------------
+
+
+def _bilinear(z: torch.Tensor, gy: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+    """phi(z; p): bilinear interpolation with hat weights max(0, 1 - |p - r|) over the pixels r, at points
+    given in [-1, 1] with -1 and +1 at the centres of the first and last pixels. z: B, C, H, W;
+    gy, gx: B, P -> B, C, P (zero outside the map)."""
+    h, w = z.shape[-2:]
+    py, px = (gy + 1) / 2 * (h - 1), (gx + 1) / 2 * (w - 1)
+    wy = torch.relu(1 - (py[..., None] - torch.arange(h, dtype=z.dtype)).abs())  # B, P, H
+    wx = torch.relu(1 - (px[..., None] - torch.arange(w, dtype=z.dtype)).abs())  # B, P, W
+    return torch.einsum("bchw,bph,bpw->bcp", z, wy, wx)
+
+
+def _dat_reference(m: DeformableAttention, x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    g, heads, d, s = m.offset_groups, m.num_heads, m.head_dim, m.offset_range_factor
+    q = _conv1x1(m.proj_q, x)
+    dw, ln, pw = m.conv_offset[0], m.conv_offset[1], m.conv_offset[3]
+    t = F.conv2d(q.reshape(n * g, c // g, h, w), dw.weight, dw.bias, m.stride, m.k_size // 2, groups=c // g)
+    off = torch.tanh(_conv1x1(pw, F.gelu(_layer_norm_channels(t, ln))))  # N*G, 2, H_G, W_G
+    hg, wg = off.shape[-2:]
+    assert (hg, wg) == (-(-h // m.stride), -(-w // m.stride))
+    ref_y = ((torch.arange(hg, dtype=x.dtype) + 0.5) / hg * 2 - 1)[:, None].expand(hg, wg)
+    ref_x = ((torch.arange(wg, dtype=x.dtype) + 0.5) / wg * 2 - 1)[None, :].expand(hg, wg)
+    pos_y = (ref_y + s * off[:, 0] / hg).flatten(1)  # N*G, Ns
+    pos_x = (ref_x + s * off[:, 1] / wg).flatten(1)
+    sampled = _bilinear(x.reshape(n * g, c // g, h, w), pos_y, pos_x).reshape(n, c, -1, 1)  # x~
+    k = _conv1x1(m.proj_k, sampled).reshape(n, heads, d, -1)
+    v = _conv1x1(m.proj_v, sampled).reshape(n, heads, d, -1)
+    qh = q.reshape(n, heads, d, h * w)
+    # deformable relative position bias: table sampled at (query - key) / 2, normalised coordinates
+    qy = ((torch.arange(h, dtype=x.dtype) + 0.5) / h * 2 - 1)[:, None].expand(h, w).flatten()
+    qx = ((torch.arange(w, dtype=x.dtype) + 0.5) / w * 2 - 1)[None, :].expand(h, w).flatten()
+    dy = ((qy[None, :, None] - pos_y[:, None, :]) / 2).flatten(1)  # N*G, HW*Ns
+    dx = ((qx[None, :, None] - pos_x[:, None, :]) / 2).flatten(1)
+    table = m.rpe_table.reshape(g, heads // g, *m.rpe_table.shape[-2:]).repeat(n, 1, 1, 1)  # N*G, M/G, T, T
+    bias = _bilinear(table, dy, dx).reshape(n, heads, h * w, -1)
+    logits = torch.einsum("nadi,nadj->naij", qh, k) / d**0.5 + bias
+    o = torch.einsum("naij,nadj->nadi", torch.softmax(logits, dim=-1), v).reshape(n, c, h, w)
+    y = _conv1x1(m.proj_out, o)
+    return x + y if m.residual else y
+
+
+@pytest.mark.parametrize(
+    "kwargs,shape",
+    [
+        (dict(), (2, 64, 9, 11)),  # defaults: 2 heads, 1 group, r = 4, k = 7
+        (dict(num_heads=4, offset_groups=2, stride=2, k_size=3), (1, 64, 7, 5)),
+        (dict(num_heads=4, offset_groups=4, stride=1, k_size=5, residual=False), (2, 64, 6, 6)),
+        (dict(num_heads=2, stride=3, rel_pos_size=3), (1, 64, 1, 1)),
+        (dict(num_heads=2, stride=2, rel_pos_size=5, offset_range_factor=8.0), (1, 64, 1, 13)),
+    ],
+)
+def test_dat_matches_formula(kwargs, shape):
+    m = activate(DeformableAttention(64, **kwargs)).double()
+    with torch.no_grad():
+        m.conv_offset[3].weight.mul_(10)  # offsets well away from the reference points
+        m.rpe_table.mul_(20)  # a position bias comparable to the content logits
+        x = torch.randn(shape, dtype=torch.float64)
+        torch.testing.assert_close(m(x), _dat_reference(m, x), rtol=1e-9, atol=1e-10)
+
+
+def test_dat_offsets_are_bounded_and_matter():
+    m = activate(DeformableAttention(32, num_heads=2, stride=2)).double()
+    x = torch.randn(2, 32, 10, 8, dtype=torch.float64)
+    with torch.no_grad():
+        m.conv_offset[3].weight.mul_(100)  # saturate tanh
+        pos_y, pos_x = m._sample_points(m.proj_q(x).reshape(2, 32, 10, 8), torch.float64)
+        hg, wg = pos_y.shape[-2:]
+        ref_y = (torch.arange(hg, dtype=torch.float64) + 0.5) / hg * 2 - 1
+        assert (pos_y - ref_y[:, None]).abs().max() <= m.offset_range_factor / hg + 1e-12
+        assert (pos_y - ref_y[:, None]).abs().max() > 0.9 * m.offset_range_factor / hg
+        y = m(x)
+        m.conv_offset[3].weight.zero_()  # keys at the reference points only
+        assert rel_err(m(x), y) > 1e-3
+
+
+def test_dat_defaults_follow_dat_t_proportions():
+    for channels, heads, groups in [(16, 1, 1), (96, 3, 1), (256, 8, 2), (384, 12, 3), (576, 18, 3), (1024, 32, 8)]:
+        m = DeformableAttention(channels)
+        assert (m.num_heads, m.offset_groups, m.head_dim) == (heads, groups, channels // heads)
+    m = DeformableAttention(64)
+    assert m.rpe_table.shape == (2, 27, 27) and m.conv_offset[0].stride == (4, 4)

@@ -3,6 +3,7 @@
 from .bam import BAM
 from .biformer import BiFormerBlock, BiLevelRoutingAttention
 from .criss_cross import CrissCrossAttention
+from .deformable_attention import DeformableAttention
 from .double_attention import DoubleAttention
 from .global_context import GlobalContext
 from .helpers import LayerNorm2d, SafeBatchNorm2d, make_divisible
@@ -22,6 +23,7 @@ __all__ = [
     "CrissCrossAttention",
     "PolarizedSelfAttention",
     "MHSA",
+    "DeformableAttention",
     "LayerNorm2d",
     "SafeBatchNorm2d",
     "make_divisible",

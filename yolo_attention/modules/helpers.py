@@ -16,11 +16,13 @@ __all__ = [
     "check_positive",
     "check_ratio",
     "check_choice",
+    "check_odd_kernel",
     "check_input",
     "softmax_fp32",
     "resolve_layer",
     "SafeBatchNorm2d",
     "LayerNorm2d",
+    "largest_divisor",
 ]
 
 
@@ -65,6 +67,14 @@ def check_ratio(module: str, arg: str, value) -> float:
             )
         raise ValueError(f"{module}: argument '{arg}' must be a ratio in (0, 1], got {value!r}{hint}")
     return float(value)
+
+
+def check_odd_kernel(module: str, arg: str, value) -> int:
+    """An odd positive int kernel size: padding ``k // 2`` then keeps every length, 1 included."""
+    check_positive(module, arg, value)
+    if value % 2 == 0:
+        raise ValueError(f"{module}: argument '{arg}' must be an odd positive int (padding k // 2 keeps H x W), got {value!r}")
+    return value
 
 
 def check_choice(module: str, arg: str, value, choices: tuple[str, ...]) -> str:
@@ -165,3 +175,12 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def largest_divisor(n: int, at_most: int, step: int = 1) -> int:
+    """The largest ``g <= at_most`` with ``n % (g * step) == 0`` (at least 1; ``step`` must divide ``n``).
+
+    Used to clamp a paper's group count to the channels at hand, e.g. 32 groups at C = 24 -> 24.
+    """
+    for g in range(min(at_most, n // step), 0, -1):
+        if n % (g * step) == 0:
+            return g
+    return 1
