@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from _authors import authors_module, authors_root
-from _helpers import _registry_does_not_leak, activate  # noqa: F401
+from _helpers import _registry_does_not_leak  # noqa: F401
 from yolo_attention import CrissCrossAttention, DeformableAttention, GlobalContext, PolarizedSelfAttention
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import register_attention
-from .helpers import check_channels, check_input, check_positive, check_ratio, make_divisible, softmax_fp32
+from .helpers import check_channels, check_input, check_positive, resolve_rd_channels, softmax_fp32
 
 __all__ = ["CrissCrossAttention"]
 
@@ -90,11 +90,7 @@ class CrissCrossAttention(nn.Module):
         super().__init__()
         name = type(self).__name__
         self.channels = check_channels(name, channels)
-        if rd_channels is None:
-            check_ratio(name, "rd_ratio", rd_ratio)
-            check_positive(name, "rd_divisor", rd_divisor)
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
-        self.rd_channels = check_positive(name, "rd_channels", rd_channels)
+        self.rd_channels = rd_channels = resolve_rd_channels(name, channels, rd_ratio, rd_divisor, rd_channels)
         self.recurrence = check_positive(name, "recurrence", recurrence)
         self.query = nn.Conv2d(channels, rd_channels, 1)
         self.key = nn.Conv2d(channels, rd_channels, 1, bias=False)  # a bias would cancel in the softmax

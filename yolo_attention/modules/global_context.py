@@ -42,10 +42,8 @@ from .helpers import (
     check_channels,
     check_choice,
     check_input,
-    check_positive,
-    check_ratio,
-    make_divisible,
     resolve_layer,
+    resolve_rd_channels,
     softmax_fp32,
 )
 
@@ -98,11 +96,7 @@ class GlobalContext(nn.Module):
         super().__init__()
         name = type(self).__name__
         self.channels = check_channels(name, channels)
-        if rd_channels is None:
-            check_ratio(name, "rd_ratio", rd_ratio)
-            check_positive(name, "rd_divisor", rd_divisor)
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
-        self.rd_channels = check_positive(name, "rd_channels", rd_channels)
+        self.rd_channels = rd_channels = resolve_rd_channels(name, channels, rd_ratio, rd_divisor, rd_channels)
         self.pool_type = check_choice(name, "pool_type", pool_type, POOL_TYPES)
         self.fusion = check_choice(name, "fusion", fusion, FUSIONS)
         act = resolve_layer(name, "act_layer", act_layer)

@@ -16,6 +16,7 @@ __all__ = [
     "check_positive",
     "check_ratio",
     "check_choice",
+    "resolve_rd_channels",
     "check_odd_kernel",
     "check_input",
     "softmax_fp32",
@@ -67,6 +68,15 @@ def check_ratio(module: str, arg: str, value) -> float:
             )
         raise ValueError(f"{module}: argument '{arg}' must be a ratio in (0, 1], got {value!r}{hint}")
     return float(value)
+
+
+def resolve_rd_channels(module: str, channels: int, rd_ratio, rd_divisor, rd_channels) -> int:
+    """A reduced width: ``rd_channels`` if given, else ``make_divisible(channels * rd_ratio, rd_divisor)``; checked."""
+    if rd_channels is None:
+        check_ratio(module, "rd_ratio", rd_ratio)
+        check_positive(module, "rd_divisor", rd_divisor)
+        rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
+    return check_positive(module, "rd_channels", rd_channels)
 
 
 def check_odd_kernel(module: str, arg: str, value) -> int:

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register_attention
-from .helpers import SafeBatchNorm2d, check_channels, check_input, check_positive, check_ratio, make_divisible
+from .helpers import SafeBatchNorm2d, check_channels, check_input, check_positive, resolve_rd_channels
 
 __all__ = ["NonLocalBlock"]
 
@@ -87,11 +87,7 @@ class NonLocalBlock(nn.Module):
         super().__init__()
         name = type(self).__name__
         self.channels = check_channels(name, channels)
-        if rd_channels is None:
-            check_ratio(name, "rd_ratio", rd_ratio)
-            check_positive(name, "rd_divisor", rd_divisor)
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
-        self.rd_channels = check_positive(name, "rd_channels", rd_channels)
+        self.rd_channels = rd_channels = resolve_rd_channels(name, channels, rd_ratio, rd_divisor, rd_channels)
         self.pool_size = check_positive(name, "pool_size", pool_size)
         if qk_scale is not None:
             check_positive(name, "qk_scale", qk_scale, integer=False)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import AttentionTap, register_attention
-from .helpers import check_channels, check_input, check_positive, check_ratio, make_divisible, resolve_layer
+from .helpers import check_channels, check_input, resolve_layer, resolve_rd_channels
 
 __all__ = ["SE"]
 
@@ -57,12 +57,7 @@ class SE(nn.Module):
         super().__init__()
         name = type(self).__name__
         self.channels = check_channels(name, channels)
-        if rd_channels is None:
-            check_ratio(name, "rd_ratio", rd_ratio)
-            check_positive(name, "rd_divisor", rd_divisor)
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
-        check_positive(name, "rd_channels", rd_channels)
-        self.rd_channels = rd_channels
+        self.rd_channels = rd_channels = resolve_rd_channels(name, channels, rd_ratio, rd_divisor, rd_channels)
         self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=True)
         self.act = resolve_layer(name, "act_layer", act_layer)()
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=True)
