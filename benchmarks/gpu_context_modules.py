@@ -3,8 +3,9 @@
     python benchmarks/gpu_context_modules.py          # from the repository root, one CUDA GPU, ~2 min
 
 1. Which ``scaled_dot_product_attention`` backends accept the shapes that MHSA and the non-local
-   block produce (MHSA's q/k carry d + H + W columns, its v d columns: a fused backend that
-   rejects them means SDPA falls back to the math kernel, which keeps the HW x HW matrix).
+   block produce (MHSA's q, k and zero-padded v carry d + H + W columns; a fused backend that
+   rejects them means SDPA falls back to the math kernel, which keeps the HW x HW matrix), and
+   whether v of width d alone would do (then the padding could go on CUDA).
 2. Forward + backward of one module on (16, C, 80, 80), float32 and bfloat16 autocast: median
    time of 5 and torch.cuda.max_memory_allocated, SE as the reference row. A module that runs
    out of memory gets "OOM" in its row.
@@ -45,10 +46,11 @@ def backends_for(q, k, v) -> dict:
 def sdpa_table() -> dict:
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
-        # MHSA at (16, 64, 80, 80): 4 heads, d = 16, q/k width 16 + 160 = 176
+        # MHSA at (16, 64, 80, 80): 4 heads, d = 16, q/k/v width 16 + 160 = 176 (v zero-padded)
         q = torch.randn(16, 4, 6400, 176, device=dev, dtype=dtype, requires_grad=True)
+        out[f"mhsa {dtype}"] = backends_for(q, q, q)
         v = torch.randn(16, 4, 6400, 16, device=dev, dtype=dtype, requires_grad=True)
-        out[f"mhsa {dtype}"] = backends_for(q, q, v)
+        out[f"mhsa, v unpadded {dtype}"] = backends_for(q, q, v)
         # non-local at (16, 64, 80, 80): 1 head, C' = 32, 1600 pooled keys
         q = torch.randn(16, 1, 6400, 32, device=dev, dtype=dtype, requires_grad=True)
         kv = torch.randn(16, 1, 1600, 32, device=dev, dtype=dtype, requires_grad=True)

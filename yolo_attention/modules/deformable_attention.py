@@ -159,9 +159,10 @@ class DeformableAttention(nn.Module):
         )
         keys = pos_y.shape[1] * pos_y.shape[2]
         sampled = sampled.to(x.dtype).reshape(n, c, keys, 1)
-        k = self.proj_k(sampled).reshape(n, heads, d, keys).transpose(-1, -2)  # N, M, Ns, d
-        v = self.proj_v(sampled).reshape(n, heads, d, keys).transpose(-1, -2)
-        q = q.reshape(n, heads, d, h * w).transpose(-1, -2)  # N, M, HW, d
+        # (N, M, L, d) with unit stride along d, as fused SDPA kernels require
+        k = self.proj_k(sampled).reshape(n, heads, d, keys).transpose(-1, -2).contiguous()  # N, M, Ns, d
+        v = self.proj_v(sampled).reshape(n, heads, d, keys).transpose(-1, -2).contiguous()
+        q = q.reshape(n, heads, d, h * w).transpose(-1, -2).contiguous()  # N, M, HW, d
         bias = self._position_bias(pos_y, pos_x, n, h, w).to(q.dtype)  # N, M, HW, Ns
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=d**-0.5)
         y = self.proj_out(o.transpose(-1, -2).reshape(n, c, h, w))

@@ -110,9 +110,10 @@ class NonLocalBlock(nn.Module):
         n, _, h, w = x.shape
         # ceil_mode: odd sizes keep their last row/column, and a 1-pixel side stays 1 (floor gives 0)
         src = x if self.pool_size == 1 else F.max_pool2d(x, self.pool_size, self.pool_size, ceil_mode=True)
-        q = self.theta(x).flatten(2).transpose(1, 2).unsqueeze(1)  # N, 1, HW, C'
-        k = self.phi(src).flatten(2).transpose(1, 2).unsqueeze(1)  # N, 1, HW', C'
-        v = self.g(src).flatten(2).transpose(1, 2).unsqueeze(1)
+        # (N, 1, L, C') with unit stride along C': fused SDPA kernels (CPU flash included) require it
+        q = self.theta(x).flatten(2).transpose(1, 2).unsqueeze(1).contiguous()  # N, 1, HW, C'
+        k = self.phi(src).flatten(2).transpose(1, 2).unsqueeze(1).contiguous()  # N, 1, HW', C'
+        v = self.g(src).flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
         y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax over the HW' keys
         y = y.squeeze(1).transpose(1, 2).reshape(n, self.rd_channels, h, w)
         return x + self.norm(self.w_z(y))
