@@ -62,7 +62,7 @@ from .helpers import (
     LayerNorm2d,
     check_channels,
     check_input,
-    check_odd_kernel,
+    check_odd,
     check_positive,
     largest_divisor,
 )
@@ -125,7 +125,7 @@ class DeformableAttention(nn.Module):
             offset_groups = largest_divisor(num_heads, max(1, num_heads // 4))
         self.offset_groups = _check_divides(name, "offset_groups", offset_groups, num_heads, "num_heads")
         self.stride = check_positive(name, "stride", stride)
-        self.k_size = check_odd_kernel(name, "k_size", k_size)
+        self.k_size = check_odd(name, "k_size", k_size)
         self.offset_range_factor = float(check_positive(name, "offset_range_factor", offset_range_factor, integer=False))
         self.rel_pos_size = check_positive(name, "rel_pos_size", rel_pos_size)
         self.residual = bool(residual)

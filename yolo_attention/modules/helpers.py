@@ -17,13 +17,13 @@ __all__ = [
     "check_ratio",
     "check_choice",
     "resolve_rd_channels",
-    "check_odd_kernel",
     "check_input",
     "softmax_fp32",
     "resolve_layer",
     "SafeBatchNorm2d",
     "LayerNorm2d",
     "largest_divisor",
+    "check_odd",
 ]
 
 
@@ -58,6 +58,13 @@ def check_positive(module: str, arg: str, value, integer: bool = True):
     return value
 
 
+def check_odd(module: str, arg: str, value) -> int:
+    """A positive odd int (a kernel size that keeps the length with padding k // 2)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 2 == 0:
+        raise ValueError(f"{module}: argument '{arg}' must be a positive odd int, got {value!r}")
+    return value
+
+
 def check_ratio(module: str, arg: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         hint = ""
@@ -77,14 +84,6 @@ def resolve_rd_channels(module: str, channels: int, rd_ratio, rd_divisor, rd_cha
         check_positive(module, "rd_divisor", rd_divisor)
         rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
     return check_positive(module, "rd_channels", rd_channels)
-
-
-def check_odd_kernel(module: str, arg: str, value) -> int:
-    """An odd positive int kernel size: padding ``k // 2`` then keeps every length, 1 included."""
-    check_positive(module, arg, value)
-    if value % 2 == 0:
-        raise ValueError(f"{module}: argument '{arg}' must be an odd positive int (padding k // 2 keeps H x W), got {value!r}")
-    return value
 
 
 def check_choice(module: str, arg: str, value, choices: tuple[str, ...]) -> str:
