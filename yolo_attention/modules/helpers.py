@@ -78,7 +78,7 @@ def check_ratio(module: str, arg: str, value) -> float:
 
 
 def resolve_rd_channels(module: str, channels: int, rd_ratio, rd_divisor, rd_channels) -> int:
-    """A reduced width: ``rd_channels`` if given, else ``make_divisible(channels * rd_ratio, rd_divisor)``; checked."""
+    """A bottleneck width: ``rd_channels`` if given, else ``make_divisible(channels * rd_ratio, rd_divisor)``."""
     if rd_channels is None:
         check_ratio(module, "rd_ratio", rd_ratio)
         check_positive(module, "rd_divisor", rd_divisor)
