@@ -72,6 +72,32 @@ def test_softmax_exact():
     assert r.torch_builtin == 0  # torch's counter sees nothing here
 
 
+def test_grid_sample_and_safe_softmax_exact():
+    """grid_sample (DAT): 7 per output element + 16 per point, backward twice that; SDPA's math path with a
+    mask that needs a gradient runs _safe_softmax, a softmax like any other (5 per element)."""
+
+    class Sample(nn.Module):
+        def forward(self, x, grid):
+            return F.grid_sample(x, grid, mode="bilinear", align_corners=True)
+
+    x, grid = torch.randn(2, 3, 8, 8), torch.rand(2, 5, 4, 2) * 2 - 1
+    r = count_flops(Sample(), x, grid)
+    assert r.uncounted == {} and r.total == 7 * 2 * 3 * 5 * 4 + 16 * 2 * 5 * 4
+    r = count_flops(Sample(), x, grid.requires_grad_(), training=True)
+    assert r.by_op["grid_sampler_2d_backward"] == 2 * (7 * 2 * 3 * 5 * 4 + 16 * 2 * 5 * 4)
+    logits = torch.randn(2, 7, 9)
+    assert count_flops(_Fn(lambda t: torch.ops.aten._safe_softmax(t, -1)), logits).total == 5 * logits.numel()
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, t):
+        return self.fn(t)
+
+
 def test_se_exact():
     n, c, h, w = 2, 64, 8, 8
     se = ya.SE(c)

@@ -194,6 +194,13 @@ ZERO_GRAD_AT_INIT = {
     # Shuffle Attention's spatial gate is sigmoid(W_2 GN(x) + b_2) with W_2 = 0 at init (the authors'):
     # GN's affine gets a gradient once W_2 moves
     "shuffle": {"gn.weight", "gn.bias"},
+    # GC: the transform's last conv is zero-initialised (the block starts as the identity)
+    "gc": {"conv_mask.weight", "add_transform.0.weight", "add_transform.0.bias", "add_transform.1.weight",
+           "add_transform.1.bias"},
+    # non-local: BN's scale after W_z is zero-initialised (the block starts as the identity)
+    "nonlocal": {"theta.weight", "theta.bias", "phi.weight", "g.weight", "g.bias", "w_z.weight"},
+    # criss-cross: gamma = 0 at init (the module starts as the identity)
+    "crisscross": {"query.weight", "query.bias", "key.weight", "value.weight", "value.bias"},
 }
 
 
@@ -567,6 +574,16 @@ BAD_ARGS = {
     "gn_groups": [(0, "positive"), (1.5, "positive int")],
     "local_size": [(0, "positive"), (2.5, "positive int")],
     "local_weight": [(1.5, "[0, 1]"), (-0.1, "[0, 1]"), ("0.5", "[0, 1]")],
+    "pool_type": [("max", "attn"), (None, "avg")],
+    "fusion": [("concat", "add"), ("mul", "scale")],
+    "pool_size": [(0, "positive"), (2.0, "positive int")],
+    "recurrence": [(0, "positive"), (1.5, "positive int")],
+    "layout": [("serial", "parallel"), ("", "sequential")],
+    "max_rel_pos": [(0, "positive"), (3.5, "positive int")],
+    "offset_groups": [(0, "positive"), (3, "divisible")],
+    "stride": [(0, "positive"), (2.0, "positive int")],
+    "offset_range_factor": [(0, "positive"), ("2", "positive")],
+    "rel_pos_size": [(0, "positive")],
 }
 
 

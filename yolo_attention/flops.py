@@ -51,6 +51,10 @@ gather / index / index_select /        0, but listed in ``by_op`` (data movement
 embedding / scatter                    accumulating variants (index_put with
                                        accumulate, scatter_add, index_add) 1 per source
                                        element
+grid_sample (bilinear)                 7 per output element (4 taps: 4 multiplies, 3 adds)
+                                       + 16 per sampling point (unnormalise, floor,
+                                       fractions, tap weights); nearest 0 + 8, bicubic
+                                       31 + 40; its backward twice the forward
 scaled dot-product attention           torch's two matmuls (in ``matmul``) plus, per
                                        score (B * heads * L_q * L_k): 1 scale,
                                        5 softmax, 1 masking when a mask or causal flag is
@@ -307,6 +311,25 @@ def _source_numel(index: int, name: str):
     return formula
 
 
+# grid_sample, per output element and per sampling point, by interpolation mode (0 bilinear, 1 nearest,
+# 2 bicubic): bilinear mixes 4 taps (4 multiplies, 3 adds); a point costs 6 to unnormalise its two
+# coordinates, 2 floors, 2 fractions, 2 complements and 4 tap-weight products
+_GRID_SAMPLE_COST = {0: (7, 16), 1: (0, 8), 2: (31, 40)}
+
+
+def _grid_sample_cost(grid: Tensor, out_numel: int, mode: int) -> int:
+    per_element, per_point = _GRID_SAMPLE_COST.get(int(mode), _GRID_SAMPLE_COST[0])
+    return per_element * out_numel + per_point * _numel(grid) // grid.shape[-1]
+
+
+def _grid_sample(args, kwargs, out):  # grid_sampler_2d(input, grid, interpolation_mode, ...)
+    return 0, _grid_sample_cost(args[1], _numel(_first(out)), _arg(args, kwargs, 2, "interpolation_mode", 0))
+
+
+def _grid_sample_backward(args, kwargs, out):  # (grad_output, input, grid, interpolation_mode, ...)
+    return 0, 2 * _grid_sample_cost(args[2], _numel(args[0]), _arg(args, kwargs, 3, "interpolation_mode", 0))
+
+
 def _dropout(args, kwargs, out):
     p = float(_arg(args, kwargs, 1, "p", 0.0))
     train = _arg(args, kwargs, 2, "train", True)
@@ -499,7 +522,8 @@ def _build_formulas() -> dict:
     put(inplace(["mish"]), _per_output(5))
     put(["log_sigmoid_forward"], _per_output(4))
     put(["glu"], _per_output(4))
-    put(["_softmax", "_log_softmax"], _per_output(5))
+    # _safe_softmax: the softmax of SDPA's math path (rows that are all -inf give 0, not NaN)
+    put(["_softmax", "_log_softmax", "_safe_softmax"], _per_output(5))
     put(["native_dropout"], _dropout)
     # backward of activations and softmax
     put("threshold_backward", _per_output(1))
@@ -522,6 +546,8 @@ def _build_formulas() -> dict:
     put("logsumexp", _logsumexp)
     put(inplace(["cumsum"]), _input_numel(1))
     put(["max_pool2d_with_indices", "max_pool2d"], _max_pool(2))
+    put("grid_sampler_2d", _grid_sample)
+    put("grid_sampler_2d_backward", _grid_sample_backward)
     put(["max_pool3d_with_indices"], _max_pool(3))
     put(["max_pool1d"], _max_pool(1))
     put(["avg_pool2d"], _avg_pool(2))

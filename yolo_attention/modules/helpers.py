@@ -15,8 +15,10 @@ __all__ = [
     "check_channels",
     "check_positive",
     "check_ratio",
+    "check_choice",
     "resolve_rd_channels",
     "check_input",
+    "softmax_fp32",
     "resolve_layer",
     "SafeBatchNorm2d",
     "SafeGroupNorm",
@@ -85,6 +87,13 @@ def resolve_rd_channels(module: str, channels: int, rd_ratio, rd_divisor, rd_cha
     return check_positive(module, "rd_channels", rd_channels)
 
 
+def check_choice(module: str, arg: str, value, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of the strings ``choices``, else a clear error listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{module}: argument '{arg}' must be one of {list(choices)}, got {value!r}")
+    return value
+
+
 def check_input(module: nn.Module, x: torch.Tensor) -> None:
     """Fail loudly on a tensor the module was not built for (cheap: Python-level shape checks only)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -97,6 +106,11 @@ def check_input(module: nn.Module, x: torch.Tensor) -> None:
             f"{type(module).__name__}: input has {x.shape[1]} channels but the module was built with "
             f"channels={module.channels}"
         )
+
+
+def softmax_fp32(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax computed in at least float32 (float16/bfloat16 logits do not overflow), returned in ``t.dtype``."""
+    return torch.softmax(t, dim, dtype=torch.promote_types(t.dtype, torch.float32)).to(t.dtype)
 
 
 _NAMED_LAYERS: dict[str, Callable[[], nn.Module]] = {
@@ -182,8 +196,6 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
 
 
 def largest_divisor(n: int, at_most: int, step: int = 1) -> int:
