@@ -89,11 +89,6 @@ class AttentionInfo:
         """The name a model YAML uses for this module (the class name)."""
         return self.cls.__name__
 
-    @property
-    def citation(self) -> str:
-        """The paper's title with its arXiv id, or the title alone for a paper without one (e.g. SimAM)."""
-        return f"{self.paper}, arXiv:{self.arxiv}" if self.arxiv else self.paper
-
     def as_dict(self) -> dict:
         return {
             "name": self.name,
