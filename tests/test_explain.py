@@ -10,6 +10,7 @@ import base64
 import copy
 import io
 import pickle
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -24,9 +25,9 @@ from yolo_attention import DoubleAttention, create_attention
 from yolo_attention.explain import ExplainOptions, Picture, Table, explain_models, write_report_html
 from yolo_attention.explain.cli import main as explain_main
 from yolo_attention.explain.detectors import Placement
-from yolo_attention.explain.figures import Panel, save_grid
+from yolo_attention.explain.figures import PANEL_WIDTH, Panel, render_panel, save_grid
 from yolo_attention.explain.taps import TapRecorder, find_attention_layers, no_taps_note
-from yolo_attention.explain.views import ImageView, Notes, channel_values, layer_panels
+from yolo_attention.explain.views import TOP_MAPS, ImageView, Notes, channel_values, layer_panels, tap_panels
 from yolo_attention.modules.biformer import BiLevelRoutingAttention, region_grid
 from yolo_attention.registry import AttentionTap, register_attention
 
@@ -61,27 +62,89 @@ def _view(index: int = 0, query=(5.0, 5.0), image_shape=(H * STRIDE, W * STRIDE)
     return ImageView(index, rgb, Placement(image_shape, (H * STRIDE, W * STRIDE)), query, "test query")
 
 
-def _check_shape(kind: str, t: torch.Tensor, shape_in, owner) -> None:
+def _check_shape(tap: AttentionTap, t: torch.Tensor, shape_in, owner) -> None:
+    """The shape a tap of this kind and layout must have, for a module input ``shape_in`` (N, C, H, W)."""
+    _, c, h, w = shape_in
     assert t.shape[0] == N
-    if kind == "channel":
-        assert tuple(t.shape) in ((N, C, 1, 1), (N, C))
-    elif kind == "spatial":
-        assert t.ndim == 4 and t.shape[1] in (1, C) and t.shape[2] in (1, H) and t.shape[3] in (1, W)
-        assert t.shape[2:] != (1, 1), "a spatial tap must vary over the image"
-    elif kind == "maps":
-        assert t.ndim in (3, 4) and (t.shape[2:] == (H, W) if t.ndim == 4 else t.shape[2] == H * W)
-    elif kind == "routing":
+    if tap.kind == "channel":  # (N, K) or (N, K, 1, 1): the C channels, a part of them (C/2, groups), or M x C
+        assert t.ndim == 2 or (t.ndim == 4 and t.shape[2:] == (1, 1)), tuple(t.shape)
+        k = t.shape[1]
+        assert (k % c == 0) if tap.layout == "branch-major" else (c % k == 0), (k, c)
+    elif tap.kind == "spatial":  # (N, K, H | 1, W | 1) with K dividing C (one map, per group, per channel); or a grid
+        assert t.ndim == 4 and c % t.shape[1] == 0, tuple(t.shape)
+        if tap.layout != "grid":
+            assert t.shape[2:] in ((h, w), (h, 1), (1, w)), f"a spatial tap must lie over the {h}x{w} input"
+    elif tap.kind == "maps":
+        assert t.ndim in (3, 4) and (t.shape[2:] == (h, w) if t.ndim == 4 else t.shape[2] == h * w)
+    elif tap.kind == "routing":
         h, w = shape_in[-2:]
         regions = region_grid(h, owner.n_win)[0] * region_grid(w, owner.n_win)[0]
         assert t.ndim == 3 and t.shape[1] == regions and not t.is_floating_point()
         assert 0 <= int(t.min()) and int(t.max()) < regions
-    elif kind == "tokens":
-        assert t.ndim == 4 and t.shape[-1] == H * W
+    elif tap.kind == "tokens":
+        assert t.ndim == 4 and t.shape[-1] == h * w
+
+
+def _upsampled(m: torch.Tensor) -> np.ndarray:
+    up = F.interpolate(m[None, None], size=(H * STRIDE, W * STRIDE), mode="bilinear", align_corners=False)
+    return up[0, 0].numpy()
+
+
+def _expected_heat(tap: AttentionTap, t: torch.Tensor) -> np.ndarray:
+    """What a spatial panel must show, built here from the captured tensor: its maps' mean, each per-row
+    or per-column weight spread along its row or column, a grid's cells spread over the input as adaptive
+    pooling lays them out (each input position one STRIDE x STRIDE block of pixels)."""
+    m = t.float().mean(0)
+    if tap.layout == "grid":
+        cells = F.adaptive_avg_pool2d(m[None, None], (H, W))[0, 0]
+        return cells.repeat_interleave(STRIDE, 0).repeat_interleave(STRIDE, 1).numpy()
+    return _upsampled(m.expand(H, W).contiguous())
+
+
+def _check_channel_picture(tap: AttentionTap, t: torch.Tensor, v: np.ndarray) -> None:
+    """The values are the tensor's; the plot has one bar per weight at its mean over the images, sorted
+    (for branch-major: per channel, one bar per branch stacked on the previous branch's)."""
+    from matplotlib.figure import Figure
+
+    from yolo_attention.explain.figures import ChannelSeries, _channel_axes
+
+    flat = t.reshape(N, -1).numpy()
+    expected = flat.reshape(N, -1, C) if tap.layout == "branch-major" else flat
+    np.testing.assert_array_equal(v, expected)
+    ax = Figure().subplots()
+    _channel_axes(ax, ChannelSeries("t", v, C))
+    bars = [p.get_data() for p in ax.patches]  # one filled step outline per series: (tops, edges, baselines)
+    means = v.mean(0).reshape(-1, v.shape[-1])  # (series, bars)
+    assert len(bars) == len(means) and all(len(b.values) == means.shape[1] for b in bars)
+    order = np.argsort(-means[0], kind="stable")
+    np.testing.assert_allclose(np.diff(bars[0].edges), 1)
+    for b, m in zip(bars, means):
+        np.testing.assert_allclose(b.values - b.baseline, m[order], rtol=1e-6, atol=1e-7)
+    assert np.all(np.diff(means[0][order]) <= 0)
+
+
+def _check_maps_panels(tap: AttentionTap, t: torch.Tensor, panels: list[Panel], layer, cap) -> None:
+    """Each panel is the map its title names, and the maps shown are the most used (or highest) ones."""
+    maps = t.reshape(*t.shape[:2], H, W)[1]
+    score = maps.flatten(1).amax(1)  # the maps' peaks, unless a maps tap is a distribution over its K maps
+    for k, other in enumerate(layer.info.taps):
+        u = cap.tensors[(layer.path, k)][1].flatten(1)
+        if other.kind == "maps" and len(u) > 1 and torch.allclose(u.sum(0), torch.ones(()), atol=1e-3):
+            score = u.mean(1)  # its mean over the positions: how much each map is used
+            break
+    shown = [int(p.title.split(", map ")[1].split()[0]) for p in panels]
+    assert len(shown) == min(TOP_MAPS, len(maps))
+    top = score.sort(descending=True).values[: len(shown)]
+    assert sorted(score[shown].tolist(), reverse=True) == pytest.approx(top.tolist())
+    for j, p in zip(shown, panels):
+        np.testing.assert_allclose(p.heat, _upsampled(maps[j]), atol=1e-7)
 
 
 def test_hooks_capture_every_registered_module(attn_name):
-    """Each declared tap yields a tensor of its kind's shape, the pictures of it are drawn without error,
-    and a module without taps gets the 'not visualised' note."""
+    """For every registered module: each declared tap yields a tensor of its kind's (and layout's) shape, and
+    the picture drawn from it shows exactly that tensor: channel bars are its weights (one bar per weight),
+    spatial maps its maps' mean resized to the image, maps panels the maps named. A module without taps
+    gets the 'not visualised' note."""
     x = torch.randn(N, C, H, W)
     layers, rec, cap = _capture(make(attn_name, C), x)
     assert len(layers) == 1 and layers[0].index == 1
@@ -91,19 +154,59 @@ def test_hooks_capture_every_registered_module(attn_name):
         assert "not visualised" in no_taps_note(layer) and layer.info.yaml_name in no_taps_note(layer)
         return
     assert cap.input_shapes[layer.path] == (N, C, H, W)
+    notes = Notes()
+    values = channel_values(layer, cap, notes)
     for k, tap in enumerate(layer.info.taps):
         t = cap.tensors[(layer.path, k)]
         owner = layer.module.get_submodule(tap.module.rpartition(".")[0])
-        _check_shape(tap.kind, t, cap.owner_inputs.get((layer.path, k), x).shape, owner)
-    notes = Notes()
-    panels = layer_panels(layer, cap, _view(1), notes)
-    values = channel_values(layer, cap, notes)
-    n_channel = sum(t.kind == "channel" for t in layer.info.taps)
-    assert len(values) == n_channel and all(v.shape == (N, C) for v in values.values())
-    assert len(panels) >= len(layer.info.taps) - n_channel
-    for p in panels:
-        assert p.image is not None and (p.heat is None or p.heat.shape == (H * STRIDE, W * STRIDE))
-        assert np.isfinite(p.heat).all() if p.heat is not None else p.boxes
+        _check_shape(tap, t, cap.owner_inputs.get((layer.path, k), x).shape, owner)
+        panels = tap_panels(layer, k, cap, _view(1), notes)
+        assert all(render_panel(p).width == PANEL_WIDTH for p in panels)
+        if tap.kind == "channel":
+            assert not panels
+            _check_channel_picture(tap, t, values[k])
+        elif tap.kind == "spatial":
+            assert len(panels) == 1 and panels[0].heat.shape == (H * STRIDE, W * STRIDE)
+            np.testing.assert_allclose(panels[0].heat, _expected_heat(tap, t[1]), rtol=1e-5, atol=1e-7)
+        elif tap.kind == "maps":
+            _check_maps_panels(tap, t, panels, layer, cap)
+        else:  # routing and tokens: the pictures' contents are checked by the tests below
+            assert panels and all(p.image is not None for p in panels)
+            assert all(p.heat is None or p.heat.shape == (H * STRIDE, W * STRIDE) for p in panels)
+    assert not notes, notes
+
+
+@pytest.mark.parametrize("tap, message", [
+    ({"kind": "spatial", "layout": "branch-major"}, "'layout' for a 'spatial' tap must be None or 'grid'"),
+    ({"kind": "channel", "layout": "grid"}, "'layout' for a 'channel' tap must be None or 'branch-major'"),
+    ({"kind": "maps", "layout": "grid"}, "'layout' for a 'maps' tap must be None, got 'grid'"),
+])
+def test_tap_layout_must_fit_its_kind(tap, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AttentionTap("gate", **tap)
+    old = AttentionTap("gate", "channel", "weights", "sigmoid")  # declared before the layout field: still valid
+    assert old.layout is None and old == AttentionTap("gate", "channel", "weights", "sigmoid", None)
+
+
+def test_branch_major_tap_of_the_wrong_width_is_a_note():
+    """A branch-major tap whose width is no multiple of the module's channels is a note, not a crash."""
+    with registry_snapshot():
+        register_attention("branch_test", taps=[AttentionTap("conv", "channel", layout="branch-major")])(_OddBranches)
+        layers, _, cap = _capture(_OddBranches(C), torch.randn(N, C, H, W))
+        notes = Notes()
+        assert channel_values(layers[0], cap, notes) == {}
+    assert len(notes) == 1 and "not a multiple of the module's 32 input channels" in notes[0]
+
+
+class _OddBranches(nn.Module):
+    """Test-local module whose 'branch weights' (C + 1 of them) cannot be M blocks of C."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels + 1, 1)
+
+    def forward(self, x):
+        return x * self.conv(x.mean((2, 3), keepdim=True))[:, :-1].sigmoid()
 
 
 def test_a2_taps_are_its_softmaxes_and_old_pickles_load():
@@ -353,6 +456,29 @@ def test_missing_model_file_is_named(workspace, tmp_path, capsys):
     _, images, _ = workspace
     assert explain_main([str(tmp_path / "nope.pt"), "--source", str(images), "--out", str(tmp_path / "o")]) == 2
     assert "nope.pt: no such file" in capsys.readouterr().err
+
+
+def test_branch_weights_reach_the_channel_plot(workspace, tmp_path, monkeypatch):
+    """yolov8n with SK at the neck: each layer's selection weights reach the channel plot as (images, M, C),
+    M = 2 branches of the layer's own C channels, and the plot is written."""
+    from yolo_attention.explain import run as explain_run
+    from yolo_attention.integrations.yaml_gen import make_attention_yaml
+
+    _, images, _ = workspace
+    drawn = []
+
+    def spy(path, series, title=""):
+        drawn.extend(series)
+        return save_channel_plots(path, series, title)
+
+    save_channel_plots = explain_run.save_channel_plots
+    monkeypatch.setattr(explain_run, "save_channel_plots", spy)
+    yaml = make_attention_yaml("yolov8n", "sk", "neck", out=tmp_path / "yolov8n-sk.yaml")
+    result = explain_models([str(yaml)], [images / "wide.png"], tmp_path / "out", ExplainOptions(imgsz=64))
+    assert not [n for n in result.notes if "SKAttention" in n], result.notes
+    assert [(s.values.shape, s.channels) for s in drawn] == [((1, 2, c), c) for c in (64, 128, 256)]
+    assert all(np.allclose(s.values.sum(1), 1, atol=1e-5) for s in drawn)  # a softmax across the branches
+    assert (tmp_path / "out" / "attention" / "yolov8n-sk" / "channels.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_checkpoint_and_library_cams(workspace, tmp_path):

@@ -359,7 +359,9 @@ def test_taps_are_declared_checked_and_listed():
 
     info = get_attention_info("se")
     assert info.taps and info.taps[0].kind == "channel"
-    assert dict(info.as_dict()["taps"][0]) == {"module": "gate", "kind": "channel", "name": "channel weights s", "activation": None}
+    assert dict(info.as_dict()["taps"][0]) == {
+        "module": "gate", "kind": "channel", "name": "channel weights s", "activation": None, "layout": None
+    }
     for tap in (t for i in list_attention() for t in i.taps):  # every declared submodule exists
         m = create_attention(tap_owner := next(i.name for i in list_attention() if tap in i.taps), 32)
         assert tap.module in dict(m.named_modules()), f"{tap_owner}: tap {tap.module!r} is not a submodule"

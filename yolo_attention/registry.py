@@ -18,6 +18,7 @@ __all__ = [
     "AttentionInfo",
     "AttentionTap",
     "TAP_KINDS",
+    "TAP_LAYOUTS",
     "KINDS",
     "register_attention",
     "create_attention",
@@ -32,11 +33,17 @@ KINDS = ("channel", "spatial", "hybrid", "global-context", "sparse-attention", "
 # What a tapped tensor is (see AttentionTap); `yolo-attention explain` draws each kind its own way.
 TAP_KINDS = (
     "channel",  # (N, C, 1, 1) weights per channel
-    "spatial",  # (N, 1 or C, H or 1, W or 1) a map over the image (channels averaged for display)
+    "spatial",  # (N, K, H or 1, W or 1): K maps over the image (one, per group, per channel), averaged for display
     "maps",  # (N, K, H, W) or (N, K, H*W): K attention distributions over positions (e.g. A2's descriptors)
     "routing",  # (N, R, k) integer indices of the regions each query region attends to (BRA)
-    "tokens",  # (N, heads, Q, L): attention weights of queries over keys
+    "tokens",  # (N, heads, Q, L) or (N, Q, L): attention weights of queries over keys
 )
+
+# How a tap's tensor is laid out where its kind alone does not say (AttentionTap.layout); the kind it applies to.
+TAP_LAYOUTS = {
+    "branch-major": "channel",  # (N, M*C, 1, 1): M blocks of C, the weight of branch m for each channel
+    "grid": "spatial",  # (N, K, s, t): s x t cells that cover the module's input as adaptive pooling lays them out
+}
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,18 @@ class AttentionTap:
     module itself) whose forward output is the tensor; a forward hook reads it, so nothing is
     recomputed. ``kind`` is one of :data:`TAP_KINDS`; ``activation`` (``"sigmoid"``,
     ``"softmax"`` or None) says that the output is a logit to be mapped for display;
-    ``name`` labels the picture. Declared with ``register_attention(..., taps=[...])``.
+    ``name`` labels the picture. ``layout`` (one of :data:`TAP_LAYOUTS`, or None) says how the
+    tensor is laid out where the kind alone does not: ``"branch-major"`` for a channel tap that
+    holds, for each of M branches, one weight per channel (M*C values, as SK's selection), and
+    ``"grid"`` for a spatial tap on a coarse grid of cells over the whole input (MLCA's 5 x 5)
+    rather than on the input's own positions. Declared with ``register_attention(..., taps=[...])``.
     """
 
     module: str
     kind: str
     name: str = ""
     activation: str | None = None
+    layout: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.module, str):
@@ -63,6 +75,12 @@ class AttentionTap:
         if self.activation not in (None, "sigmoid", "softmax"):
             raise ValueError(
                 f"AttentionTap: argument 'activation' must be None, 'sigmoid' or 'softmax', got {self.activation!r}"
+            )
+        if self.layout is not None and TAP_LAYOUTS.get(self.layout) != self.kind:
+            allowed = [k for k, v in TAP_LAYOUTS.items() if v == self.kind]
+            raise ValueError(
+                f"AttentionTap: argument 'layout' for a {self.kind!r} tap must be None"
+                f"{''.join(f' or {a!r}' for a in allowed)}, got {self.layout!r}"
             )
 
 

@@ -50,10 +50,12 @@ class Panel:
 
 @dataclass(frozen=True)
 class ChannelSeries:
-    """Channel weights of one tap over the image set: ``values`` (images, C)."""
+    """Channel weights of one tap over the image set: ``values`` (images, K), or (images, M, C) for the
+    weights of M branches per channel; ``channels`` is the module's C where known (K may differ, e.g. C/2)."""
 
     title: str
     values: np.ndarray
+    channels: int | None = None
 
 
 @lru_cache(maxsize=8)
@@ -109,7 +111,20 @@ def _colorbar(vmin: float, vmax: float, width: int):
     lo, hi = _labels(vmin, vmax)
     draw.text((_PAD, _BAR + 1), lo, fill=(0, 0, 0), font=_font(11))
     draw.text((width - _PAD - _font(11).getlength(hi), _BAR + 1), hi, fill=(0, 0, 0), font=_font(11))
+    if vmin < 0 < vmax:  # a signed map (an unsquashed weight): mark where its sign changes
+        x = _PAD + (width - 2 * _PAD) * (-vmin) / (vmax - vmin)
+        draw.line([(x, 0), (x, _BAR + 3)], fill=(0, 0, 0), width=1)
+        if 50 < x < width - 50:  # clear of the end labels
+            draw.text((x - _font(11).getlength("0") / 2, _BAR + 1), "0", fill=(0, 0, 0), font=_font(11))
+    if _nearly_uniform(vmin, vmax):  # the colours stretch a tiny range: say so where the eye looks
+        mid = f"nearly uniform: spread {vmax - vmin:.2g}"
+        draw.text(((width - _font(11).getlength(mid)) / 2, _BAR + 1), mid, fill=(150, 0, 0), font=_font(11))
     return im
+
+
+def _nearly_uniform(vmin: float, vmax: float) -> bool:
+    """A range under 0.1% of the values: drawn on its own range (the pattern is real), but flagged."""
+    return not _flat(vmin, vmax) and vmax - vmin < 1e-3 * max(abs(vmin), abs(vmax))
 
 
 def _labels(vmin: float, vmax: float) -> tuple[str, str]:
@@ -205,21 +220,63 @@ def save_grid(path: Path, panels: list[Panel], ncols: int, title: str = "") -> P
 
 
 def _channel_axes(ax, s: ChannelSeries) -> None:
+    if s.values.ndim == 3:
+        _branch_axes(ax, s)
+        return
     v = s.values
     order = np.argsort(-v.mean(0), kind="stable")
     mean = v.mean(0)[order]
-    x = np.arange(len(mean))
-    ax.bar(x, mean, width=1.0, color="C0", label="mean over images")
+    _bars(ax, mean, np.zeros_like(mean), "C0", "mean over images")
+    _spread(ax, v, order)
+    k = v.shape[1]
+    if s.channels in (None, k):
+        what, top = f"C={k}", "top channels"
+    else:
+        what, top = f"{k} weights, module C={s.channels}", "top entries"
+    title = (f"{s.title} ({what}, {len(v)} image(s); means {mean[-1]:.3g} to {mean[0]:.3g}; "
+             f"{top} {', '.join(str(int(c)) for c in order[:5])})")
+    _decorate(ax, title, "channels, sorted by mean weight", "weight", len(mean))
+
+
+def _branch_axes(ax, s: ChannelSeries) -> None:
+    """Each channel's M branch weights stacked (they sum to one for a selection such as SK's), channels
+    sorted by the weight of branch 0, with the spread of that weight over the images."""
+    v = s.values
+    mean = v.mean(0)  # M, C
+    order = np.argsort(-mean[0], kind="stable")
+    bottom = np.zeros(mean.shape[1])
+    for m in range(mean.shape[0]):
+        _bars(ax, mean[m, order], bottom, f"C{0 if m == 0 else m + 1}", f"branch {m}, mean over images")
+        bottom = bottom + mean[m, order]
+    _spread(ax, v[:, 0], order)
+    title = (f"{s.title} (M={mean.shape[0]} branches x C={mean.shape[1]}, {len(v)} image(s); "
+             f"most on branch 0: channels {', '.join(str(int(c)) for c in order[:5])})")
+    _decorate(ax, title, "channels, sorted by the mean weight of branch 0", "weight, stacked over branches",
+              mean.shape[1])
+
+
+def _bars(ax, heights: np.ndarray, bottom: np.ndarray, color: str, label: str) -> None:
+    """Adjacent bars of width 1 centred on 0 .. K-1, drawn as one filled step outline: one artist for
+    hundreds of channels, where a patch per bar took seconds."""
+    ax.stairs(bottom + heights, np.arange(len(heights) + 1) - 0.5, baseline=bottom, fill=True, color=color,
+              label=label)
+
+
+def _spread(ax, v: np.ndarray, order: np.ndarray) -> None:
+    """The 10th-90th percentile band of each channel's weight over the images (images, C)."""
     if len(v) > 1:
         lo, hi = np.percentile(v, [10, 90], axis=0)
-        ax.fill_between(x, lo[order], hi[order], step="mid", color="C1", alpha=0.5, zorder=3,
+        ax.fill_between(np.arange(len(order)), lo[order], hi[order], step="mid", color="C1", alpha=0.5, zorder=3,
                         label="10th-90th percentile over images")
+    if len(ax.get_legend_handles_labels()[0]) > 1:  # one series alone needs no legend
         ax.legend(fontsize=6, loc="upper right")
-    top = ", ".join(str(int(c)) for c in order[:5])
-    ax.set_title(textwrap.fill(f"{s.title} (C={v.shape[1]}, {len(v)} image(s); top channels {top})", 90), fontsize=7)
-    ax.set_xlabel("channels, sorted by mean weight", fontsize=7)
-    ax.set_ylabel("weight", fontsize=7)
-    ax.set_xlim(-0.5, len(mean) - 0.5)
+
+
+def _decorate(ax, title: str, xlabel: str, ylabel: str, n: int) -> None:
+    ax.set_title(textwrap.fill(title, 90), fontsize=7)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=7)
+    ax.set_xlim(-0.5, n - 0.5)
     ax.tick_params(labelsize=6)
     ax.grid(axis="y", alpha=0.3)
 

@@ -49,6 +49,7 @@ class _ModelRun:
     layers: list[AttentionLayer]  # the ones drawn (after --layer)
     recorder: TapRecorder
     channels: dict[tuple[str, int], list[np.ndarray]] = field(default_factory=dict)
+    in_channels: dict[str, int] = field(default_factory=dict)  # attention path -> its input's C
     notes: Notes = field(default_factory=Notes)
 
 
@@ -119,6 +120,8 @@ def _run_batch(run: _ModelRun, chunk: list[ImageItem], rgbs, opt: ExplainOptions
         dets = det.predict(im, opt.conf)
     overlays, cam_desc = cam_overlays(det, im, opt.method, opt.conf)
     for layer in run.layers:
+        if layer.path in cap.input_shapes:
+            run.in_channels[layer.path] = cap.input_shapes[layer.path][1]
         for k, v in channel_values(layer, cap, run.notes).items():
             run.channels.setdefault((layer.path, k), []).append(v)
     results = []
@@ -145,7 +148,8 @@ def _channel_pictures(run: _ModelRun, out: Path) -> list[Picture]:
         for k, tap in enumerate(layer.info.taps):
             values = run.channels.get((layer.path, k))
             if values:
-                series.append(ChannelSeries(f"{layer.label}: {tap.name or tap.module}", np.concatenate(values)))
+                series.append(ChannelSeries(f"{layer.label}: {tap.name or tap.module}", np.concatenate(values),
+                                            run.in_channels.get(layer.path)))
     if not series:
         return []
     path = save_channel_plots(out / "attention" / _safe(run.det.label) / "channels.png", series,

@@ -91,13 +91,16 @@ def activate(t: torch.Tensor, tap: AttentionTap) -> torch.Tensor:
 
 def _keep(t: torch.Tensor, tap: AttentionTap) -> torch.Tensor:
     """What is kept of a tap's output: detached, mapped, on the CPU; token attention averaged over heads
-    first (an (N, heads, L, L) tensor of a high-resolution map would not fit in memory twice)."""
+    first (an (N, heads, L, L) tensor of a high-resolution map would not fit in memory twice), and
+    single-head token attention (N, Q, L) given its heads axis, so that both are (N, 1, Q, L)."""
     t = t.detach()
     if not t.is_floating_point():
         return t.cpu()
     t = activate(t.float(), tap)
     if tap.kind == "tokens" and t.ndim == 4:
         t = t.mean(1, keepdim=True)
+    elif tap.kind == "tokens" and t.ndim == 3:
+        t = t.unsqueeze(1)
     return t.cpu()
 
 

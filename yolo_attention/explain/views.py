@@ -1,12 +1,16 @@
 """Turn captured attention tensors into panels, one way per tap kind (see ``registry.TAP_KINDS``).
 
-* ``channel`` (N, C, 1, 1) or (N, C): collected over the image set for a sorted bar plot;
-* ``spatial`` (N, 1 or C, H or 1, W or 1): the map (channels averaged) over the image;
+* ``channel`` (N, K, 1, 1) or (N, K): collected over the image set for a sorted bar plot; with layout
+  ``branch-major`` (N, M*C, 1, 1), each channel's M branch weights stacked;
+* ``spatial`` (N, K, H or 1, W or 1): the mean of the K maps (channels, groups) over the image, on the
+  range of its values; with layout ``grid`` (N, K, s, t), the s x t cells spread over the module's input
+  as adaptive pooling lays them out, drawn as cells;
 * ``maps`` (N, K, H, W) or (N, K, H*W): the most used of the K maps; usage is the mean of a maps tap
   of the same module that sums to one over K (A2's descriptor weights), else the maps' peak;
 * ``routing`` (N, R, k) region indices: the query region and the k regions it routes to, and the
   query region's token attention (asked of the module that owns the router);
-* ``tokens`` (N, heads, Q, L): the attention of the query position (Q = L = H*W) or the mean over queries.
+* ``tokens`` (N, heads, Q, L) or (N, Q, L): the attention of the query position (Q = L = H*W) or the mean
+  over queries.
 
 Anything of an unexpected shape becomes a note, never an exception.
 """
@@ -24,7 +28,8 @@ from .detectors import Placement
 from .figures import Box, Panel
 from .taps import AttentionLayer, Capture
 
-__all__ = ["ImageView", "layer_panels", "channel_values", "region_token_attention", "query_region", "TOP_MAPS"]
+__all__ = ["ImageView", "layer_panels", "tap_panels", "channel_values", "region_token_attention", "query_region",
+           "TOP_MAPS"]
 
 TOP_MAPS = 4  # maps shown per maps tap
 QUERY_COLOR, ROUTED_COLOR = (255, 255, 255), (255, 220, 0)
@@ -49,10 +54,18 @@ class Notes(list):
             self.append(text)
 
 
-def map_to_image(m: torch.Tensor, view: ImageView) -> np.ndarray:
+def map_to_image(m: torch.Tensor, view: ImageView, mode: str = "bilinear") -> np.ndarray:
     """A map (h, w) over the model input -> the part over the image, at input resolution."""
-    up = F.interpolate(m[None, None].float(), size=view.placement.input_shape, mode="bilinear", align_corners=False)
+    corners = {"align_corners": False} if mode == "bilinear" else {}
+    up = F.interpolate(m[None, None].float(), size=view.placement.input_shape, mode=mode, **corners)
     return view.placement.crop(up[0, 0].numpy())
+
+
+def grid_to_image(m: torch.Tensor, grid_of: tuple[int, int], view: ImageView) -> np.ndarray:
+    """Cells (s, t) over a module input of ``grid_of`` (H, W) -> the part over the image: each input position
+    takes the cells adaptive pooling assigns it (as MLCA's UNAP does), then each position is a block of pixels."""
+    cells = F.adaptive_avg_pool2d(m[None, None].float(), grid_of)[0, 0]
+    return map_to_image(cells, view, mode="nearest")
 
 
 def query_cell(view: ImageView, h: int, w: int) -> tuple[int, int]:
@@ -112,16 +125,36 @@ def _maps_panels(layer, k, t, cap, view, notes) -> list[Panel]:
             for j, u in zip(order, what)]
 
 
+def _averaged(k: int, channels: int | None) -> str:
+    if k == 1:
+        return ""
+    return f"mean of its {k} per-channel maps, " if k == channels else f"mean of {k} maps, "
+
+
+def _extent(h: int, w: int, shape: tuple[int, ...] | None, grid: bool) -> str:
+    if grid:
+        return f"{h}x{w} grid over the {shape[2]}x{shape[3]} input" if shape else f"{h}x{w} grid"
+    if w == 1 and h > 1:
+        return f"one weight per row, {h} rows"
+    if h == 1 and w > 1:
+        return f"one weight per column, {w} columns"
+    return f"{h}x{w} map"
+
+
 def _spatial_panels(layer, k, t, cap, view, notes) -> list[Panel]:
+    """The mean of the tap's maps, drawn on the range of its values (the colour bar gives the numbers):
+    a gate that varies between 0.45 and 0.55 shows where it passes more, not a uniform colour."""
     tap = layer.info.taps[k]
     m = t[view.index]
     if m.ndim != 3:
-        notes.add(f"{layer.label}: spatial tap {tap.module!r} has shape {tuple(t.shape)}, expected (N, C, H, W)")
+        notes.add(f"{layer.label}: spatial tap {tap.module!r} has shape {tuple(t.shape)}, expected (N, K, H, W)")
         return []
-    m = m.mean(0)
-    unit = float(m.min()) >= 0 and float(m.max()) <= 1  # a gate: draw on its full [0, 1] scale
-    return [Panel(f"{layer.label}: {tap.name or tap.module} ({m.shape[0]}x{m.shape[1]} map)", view.rgb,
-                  map_to_image(m, view), 0.0 if unit else None, 1.0 if unit else None)]
+    shape = cap.input_shapes.get(layer.path)
+    grid = tap.layout == "grid"
+    mean = m.mean(0)
+    heat = grid_to_image(mean, shape[2:], view) if grid and shape else map_to_image(mean, view)
+    what = _averaged(m.shape[0], shape[1] if shape else None) + _extent(*m.shape[1:], shape, grid)
+    return [Panel(f"{layer.label}: {tap.name or tap.module} ({what})", view.rgb, heat)]
 
 
 def _tokens_panels(layer, k, t, cap, view, notes) -> list[Panel]:
@@ -214,20 +247,23 @@ def _routing_panels(layer, k, t, cap, view, notes) -> list[Panel]:
 _PANELS = {"spatial": _spatial_panels, "maps": _maps_panels, "routing": _routing_panels, "tokens": _tokens_panels}
 
 
+def tap_panels(layer: AttentionLayer, k: int, cap: Capture, view: ImageView, notes: Notes) -> list[Panel]:
+    """The per-image pictures of tap ``k`` of one attention layer (none for a channel tap: see channel_values)."""
+    tap = layer.info.taps[k]
+    if tap.kind == "channel":
+        return []
+    t = _tap_tensor(layer, k, cap, notes)
+    return [] if t is None else _PANELS[tap.kind](layer, k, t, cap, view, notes)
+
+
 def layer_panels(layer: AttentionLayer, cap: Capture, view: ImageView, notes: Notes) -> list[Panel]:
     """The per-image pictures of one attention layer (channel taps are drawn over the image set instead)."""
-    panels = []
-    for k, tap in enumerate(layer.info.taps):
-        if tap.kind == "channel":
-            continue
-        t = _tap_tensor(layer, k, cap, notes)
-        if t is not None:
-            panels += _PANELS[tap.kind](layer, k, t, cap, view, notes)
-    return panels
+    return [p for k in range(len(layer.info.taps)) for p in tap_panels(layer, k, cap, view, notes)]
 
 
 def channel_values(layer: AttentionLayer, cap: Capture, notes: Notes) -> dict[int, np.ndarray]:
-    """Channel weights (N, C) of each channel tap (by tap number) in one forward pass."""
+    """Channel weights of each channel tap (by tap number) in one forward pass: (N, K), or (N, M, C) for a
+    ``branch-major`` tap (M branches of the module's C channels)."""
     out = {}
     for k, tap in enumerate(layer.info.taps):
         if tap.kind != "channel":
@@ -235,8 +271,16 @@ def channel_values(layer: AttentionLayer, cap: Capture, notes: Notes) -> dict[in
         t = _tap_tensor(layer, k, cap, notes)
         if t is None:
             continue
-        if t.ndim == 2 or (t.ndim == 4 and t.shape[2:] == (1, 1)):
-            out[k] = t.reshape(t.shape[0], -1).numpy()
-        else:
+        if not (t.ndim == 2 or (t.ndim == 4 and t.shape[2:] == (1, 1))):
             notes.add(f"{layer.label}: channel tap {tap.module!r} has shape {tuple(t.shape)}, expected (N, C, 1, 1)")
+            continue
+        v = t.reshape(t.shape[0], -1).numpy()
+        if tap.layout == "branch-major":
+            c = cap.input_shapes.get(layer.path, (0, 0))[1]
+            if not c or v.shape[1] % c:
+                notes.add(f"{layer.label}: branch-major tap {tap.module!r} holds {v.shape[1]} weights, not a multiple "
+                          f"of the module's {c} input channels: not visualised")
+                continue
+            v = v.reshape(v.shape[0], -1, c)
+        out[k] = v
     return out

@@ -79,7 +79,7 @@ def adaptive_pool_matrix(n_in, n_out, like: torch.Tensor) -> torch.Tensor:
     aliases=("mixed_local_channel_attention",),
     taps=(
         AttentionTap("global_gate", "channel", "global channel weights a_g"),
-        AttentionTap("local_gate", "spatial", "local channel weights a_l on the s x s grid"),
+        AttentionTap("local_gate", "spatial", "local channel weights a_l", layout="grid"),
     ),
     _builtin=True,
 )

@@ -81,7 +81,7 @@ class BranchSoftmax(nn.Module):
     paper="Selective Kernel Networks",
     arxiv="1903.06586",
     aliases=("selective_kernel", "sknet", "sk_attention"),
-    taps=(AttentionTap("select", "channel", "branch weights a_m (branch-major: M x C)"),),
+    taps=(AttentionTap("select", "channel", "branch weights a_m", layout="branch-major"),),
     _builtin=True,
 )
 class SKAttention(nn.Module):
