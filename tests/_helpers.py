@@ -16,7 +16,12 @@ import torch.nn as nn
 
 from yolo_attention import registry
 from yolo_attention.modules.helpers import check_channels, check_input, check_positive
-from yolo_attention.registry import create_attention, get_attention_info, list_attention, register_attention
+from yolo_attention.registry import (
+    create_attention,
+    get_attention_info,
+    list_attention,
+    register_attention,
+)
 
 BUILTIN_NAMES: list[str] = [info.name for info in list_attention()]
 USER_NAME = "user_test_gate"  # canonical form: "usertestgate"
@@ -134,3 +139,14 @@ def constructor_args(cls_or_name) -> list[str]:
 
     cls = cls_or_name if isinstance(cls_or_name, type) else get_attention_info(cls_or_name).cls
     return list(inspect.signature(cls.__init__).parameters)[2:]
+
+
+def reference_batch_norm(t: torch.Tensor, bn: nn.BatchNorm2d, training: bool) -> torch.Tensor:
+    """BatchNorm restated for reference implementations: batch statistics (biased variance) in training,
+    running statistics in evaluation."""
+    if training:
+        mean, var = t.mean((0, 2, 3)), t.var((0, 2, 3), unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    t = (t - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
+    return t * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]

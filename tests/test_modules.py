@@ -18,8 +18,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from _helpers import (  # noqa: F401  (fixtures are used by name)
     ALL_NAMES,
@@ -33,10 +31,20 @@ from _helpers import (  # noqa: F401  (fixtures are used by name)
     cls_name,
     constructor_args,
     make,
+    reference_batch_norm,
     rel_err,
     weighted_loss,
 )
-from yolo_attention import BAM, SE, DoubleAttention, create_attention, get_attention_info
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from yolo_attention import (
+    BAM,
+    SE,
+    DoubleAttention,
+    create_attention,
+    get_attention_info,
+)
 from yolo_attention.registry import _normalise
 
 SIZES = [(1, 1), (5, 7), (20, 15), (33, 47), (80, 80), (1, 9), (7, 1)]
@@ -338,16 +346,6 @@ def test_a2_bfloat16_large_logits_stay_finite():
         assert_finite(m(x))
 
 
-def _bn(t, bn: nn.BatchNorm2d, training: bool):
-    if training:
-        mean = t.mean((0, 2, 3))
-        var = t.var((0, 2, 3), unbiased=False)
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    t = (t - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
-    return t * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
-
-
 def _bam_reference(m: BAM, x, training: bool):
     """Paper: M_c = MLP(avgpool x); M_s = 1x1 -> two 3x3 convs with dilation 4 -> 1x1; y = x + x*sigmoid(M_c+M_s)."""
     l1, l2 = m.channel_mlp[0], m.channel_mlp[2]
@@ -356,10 +354,10 @@ def _bam_reference(m: BAM, x, training: bool):
     convs = [mod for mod in m.spatial if isinstance(mod, nn.Conv2d)]
     bns = [mod for mod in m.spatial if isinstance(mod, nn.BatchNorm2d)]
     assert len(convs) == 4 and len(bns) == 3
-    s = torch.relu(_bn(F.conv2d(x, convs[0].weight), bns[0], training))
+    s = torch.relu(reference_batch_norm(F.conv2d(x, convs[0].weight), bns[0], training))
     for conv, bn in zip(convs[1:3], bns[1:]):
         assert conv.weight.shape[-2:] == (3, 3)
-        s = torch.relu(_bn(F.conv2d(s, conv.weight, padding=4, dilation=4), bn, training))
+        s = torch.relu(reference_batch_norm(F.conv2d(s, conv.weight, padding=4, dilation=4), bn, training))
     ms = F.conv2d(s, convs[3].weight, convs[3].bias)  # N, 1, H, W
     return x + x * torch.sigmoid(mc[:, :, None, None] + ms)
 

@@ -13,7 +13,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from _helpers import _registry_does_not_leak, activate, assert_finite, rel_err, weighted_loss  # noqa: F401
+from _helpers import (  # noqa: F401
+    _registry_does_not_leak,
+    activate,
+    assert_finite,
+    reference_batch_norm,
+    rel_err,
+    weighted_loss,
+)
+
 from yolo_attention import SKAttention
 from yolo_attention.modules.helpers import largest_divisor
 
@@ -26,15 +34,6 @@ def _grad_step(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     return y
-
-
-def _bn(t: torch.Tensor, bn: nn.BatchNorm2d, training: bool) -> torch.Tensor:
-    if training:
-        mean, var = t.mean((0, 2, 3)), t.var((0, 2, 3), unbiased=False)
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    t = (t - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
-    return t * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
 
 
 def test_largest_divisor():
@@ -58,7 +57,7 @@ def _sk_reference(m: SKAttention, x: torch.Tensor, training: bool, softmax_dim: 
         conv, bn = branch[0], branch[1]
         d = mdx + 1
         assert conv.dilation == (d, d) and conv.kernel_size == (3, 3) and conv.groups == m.groups
-        feats.append(torch.relu(_bn(F.conv2d(x, conv.weight, padding=d, dilation=d, groups=m.groups), bn, training)))
+        feats.append(torch.relu(reference_batch_norm(F.conv2d(x, conv.weight, padding=d, dilation=d, groups=m.groups), bn, training)))
     s = sum(feats).mean((2, 3))  # N, C
     z = torch.relu(s @ m.fc1.weight.flatten(1).T + m.fc1.bias)  # N, d
     logits = (z @ m.fc2.weight.flatten(1).T).view(x.shape[0], m.num_branches, m.channels)  # N, M, C

@@ -15,7 +15,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from _helpers import _registry_does_not_leak, activate, rel_err, weighted_loss  # noqa: F401
+from _helpers import (  # noqa: F401
+    _registry_does_not_leak,
+    activate,
+    reference_batch_norm,
+    rel_err,
+    weighted_loss,
+)
+
 from yolo_attention import (
     MHSA,
     CrissCrossAttention,
@@ -29,15 +36,6 @@ from yolo_attention import (
 def _conv1x1(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
     out = torch.einsum("oc,nchw->nohw", conv.weight.flatten(1), t)
     return out if conv.bias is None else out + conv.bias[None, :, None, None]
-
-
-def _batch_norm(t: torch.Tensor, bn: nn.BatchNorm2d, training: bool) -> torch.Tensor:
-    if training:
-        mean, var = t.mean((0, 2, 3)), t.var((0, 2, 3), unbiased=False)
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    t = (t - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
-    return t * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
 
 
 def _layer_norm_channels(t: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
@@ -157,7 +155,7 @@ def _nonlocal_reference(m: NonLocalBlock, x: torch.Tensor, training: bool, scale
     logits = torch.einsum("nci,ncj->nij", theta, phi) * (m.scale if scale is None else scale)
     y = torch.einsum("nij,ncj->nci", torch.softmax(logits, dim=2), g).reshape(n, -1, h, w)
     z = _conv1x1(m.w_z, y)
-    return x + (_batch_norm(z, m.norm, training) if isinstance(m.norm, nn.BatchNorm2d) else z)
+    return x + (reference_batch_norm(z, m.norm, training) if isinstance(m.norm, nn.BatchNorm2d) else z)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -197,7 +195,7 @@ def test_nonlocal_softmax_over_keys_by_invariance():
         b = m.g.bias[None, :, None, None]
         for shape in [(2, 16, 6, 9), (1, 16, 1, 1), (2, 16, 3, 1)]:
             x = torch.randn(shape) * 3
-            expected = x + _batch_norm(_conv1x1(m.w_z, b), m.norm, training=False)
+            expected = x + reference_batch_norm(_conv1x1(m.w_z, b), m.norm, training=False)
             torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-5)
 
 
