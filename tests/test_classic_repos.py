@@ -103,11 +103,12 @@ def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 1800) -> subproces
     return r
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
+@pytest.fixture
+def data(tmp_path):
+    """A fresh copy per test: the repositories write label caches of their own formats beside the labels."""
     from yolo_attention.data.synthetic import generate_synthetic
 
-    return generate_synthetic(tmp_path_factory.mktemp("data"), n_train=8, n_val=4, imgsz=64, seed=0, verbose=False)
+    return generate_synthetic(tmp_path / "data", n_train=8, n_val=4, imgsz=64, seed=0, verbose=False)
 
 
 def _yaml(recipe: Recipe, root: Path, attn: str, at: str, out_dir: Path) -> Path:
