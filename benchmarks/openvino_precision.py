@@ -29,8 +29,9 @@ module at the neck) this script
     python benchmarks/openvino_precision.py --attn none,se,bra --epochs 10
 
 Writes ``benchmarks/results/openvino_precision.json`` and ``.md`` (``--tag`` appends a suffix).
-Trained weights are kept under ``--workdir`` and reused by later runs with the same settings, so
-variants can be trained by several processes (``--attn`` lists without overlap) and tabled at once.
+Trained weights and measured rows are kept under ``--workdir`` and reused by later runs with the
+same settings (``--remeasure`` measures again), so variants can be run by several processes
+(``--attn`` lists without overlap) and tabled at once by a last run over all of them.
 """
 
 from __future__ import annotations
@@ -297,6 +298,18 @@ def measure(variant: str, data: str, s: Settings, root: Path) -> Row:
     return row
 
 
+def measured(variant: str, data: str, s: Settings, root: Path, remeasure: bool = False) -> Row:
+    """The variant's row, measured now or read back from an earlier run with the same settings."""
+    saved = root / s.key() / variant / "measured.json"
+    if saved.exists() and not remeasure:
+        d = json.loads(saved.read_text())
+        return Row(d["variant"], {k: Accuracy(**v) for k, v in d["accuracy"].items()},
+                   {k: OutputGap(**v) for k, v in d["gap"].items()}, d["seconds"])
+    row = measure(variant, data, s, root)
+    saved.write_text(json.dumps(asdict(row), indent=1) + "\n")
+    return row
+
+
 # ------------------------------------------------------------------------------------------- report
 
 
@@ -349,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "yolo-attention-openvino-precision"))
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--tag", default="")
+    p.add_argument("--remeasure", action="store_true", help="measure again variants measured by an earlier run")
     a = p.parse_args(argv)
     warnings.simplefilter("ignore")
     s = Settings(a.epochs, a.imgsz, a.batch, a.n_train, a.n_val)
@@ -361,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for v in _variants(a.attn):
         t = time.time()
-        rows.append(measure(v, data, s, root))
+        rows.append(measured(v, data, s, root, a.remeasure))
         print(f"{v}: " + ", ".join(f"{c} {rows[-1].accuracy[c].map50_95:.4f}" for c in COLUMNS)
               + f" ({time.time() - t:.0f} s)", flush=True)
     md = markdown(rows, s, cpu, machine)
