@@ -46,7 +46,7 @@ class Sweep:
 
     def settings(self) -> dict:
         """What every run shares; an ``--out`` made with other settings is refused (variants and seeds may grow)."""
-        return {"model": self.model, "data": self.data.identity() if self.data.generated else self.data.yaml,
+        return {"model": self.model, "data": self.data.synthetic if self.data.generated else self.data.yaml,
                 "train": self.train.to_dict(), "base": self.base.to_dict() if self.base else None,
                 "device": self.device, "imports": list(self.imports)}
 
