@@ -7,6 +7,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ultralytics")
@@ -57,6 +58,7 @@ def _result(out: Path, run: str, seed: int = 0) -> dict:
 @pytest.mark.slow
 def test_end_to_end_files_columns_statistics_and_costs(first_run):
     from yolo_attention.ablate.matches import ValMatches, map_scores
+    from yolo_attention.ablate.stats import N_BOOT, Replicates
 
     rc, out = first_run
     assert rc == 0
@@ -81,6 +83,8 @@ def test_end_to_end_files_columns_statistics_and_costs(first_run):
             m = ValMatches.load(out / "runs" / run / f"seed{seed}" / r["matches"])
             assert len(m.images) == 4
             assert map_scores(m) == pytest.approx((r["map50"], r["map50_95"]), abs=1e-12)
+            stored = Replicates.load(out / "runs" / run / f"seed{seed}" / r["bootstrap"])  # by the worker
+            assert np.array_equal(stored.maps, Replicates.of(m).maps) and stored.n_boot == N_BOOT
     res = json.loads((out / "results.json").read_text())
     se = res["variants"][1]
     assert se["n_seeds"] == 2 and se["interval_covers"] == "seeds and validation sampling"
@@ -316,3 +320,103 @@ def test_cost_spec_and_run_spec_roundtrip():
     cost = CostSpec(tuple(v), "yolov8n", True, DataSpec(nc=3), 64, 4)
     assert CostSpec.from_dict(json.loads(json.dumps(cost.to_dict()))).fingerprint == cost.fingerprint
     assert CostSpec.from_dict({**cost.to_dict(), "imgsz": 128}).fingerprint != cost.fingerprint
+
+
+# ----------------------------------------------------------------------------- Ray backend
+
+KILLING_MODULE = '''
+import os
+import signal
+import sys
+
+import torch.nn as nn
+from yolo_attention import register_attention
+
+ATTEMPTS = {attempts!r}
+
+
+@register_attention("killtest", kind="custom", override=True)
+class KillTest(nn.Module):
+    """Identity at build time; once trained (not in the cost measurement) it kills the Ray worker running it."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+
+    def forward(self, x):
+        if self.training and "costs" not in sys.argv[-1]:
+            with open(ATTEMPTS, "a") as f:
+                f.write("attempt\\n")
+            os.kill(os.getppid(), signal.SIGKILL)  # the Ray worker process that runs this task
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+'''
+
+
+def test_ray_unreachable_address_fails_fast_and_touches_nothing(tmp_path, capsys):
+    import time
+
+    pytest.importorskip("ray")
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        out = tmp_path / "out"
+        t0 = time.time()
+        rc, _, err = _run(["--attn", "none,se", "--out", str(out), "--ray", address, *TINY], capsys)
+        assert rc == 2 and "cannot reach a Ray cluster" in err and address in err
+        assert time.time() - t0 < 15 and not out.exists()
+
+
+def test_ray_without_the_extra_names_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray -> ImportError
+    rc, _, err = _run(["--attn", "none", "--out", str(tmp_path / "out"), "--ray", *TINY], capsys)
+    assert rc == 2 and "yolo-attention[ray]" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_ray_backend_matches_sequential_records_a_killed_task_and_resumes(first_run, tmp_path, capsys):
+    """On a local Ray instance with 2 CPUs: 2 variants x 2 seeds give the sequential backend's numbers; a task
+    whose worker is killed is retried, then recorded as failed while the others complete; a second call
+    resumes without re-running; a data path the workers cannot read fails naming the node."""
+    ray = pytest.importorskip("ray")
+    import numpy as np
+
+    from yolo_attention.ablate.matches import ValMatches
+
+    _, seq = first_run
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        out = tmp_path / "ray"
+        rc, stdout, _ = _run(["--attn", "none,se", "--seeds", "2", "--out", str(out), "--ray", *TINY], capsys)
+        assert rc == 0 and "up to 2 at once" in stdout
+        for run in ("none", "se@neck"):
+            for seed in (0, 1):
+                a, b = _result(seq, run, seed), _result(out, run, seed)
+                assert b["status"] == "ok" and b["node"]
+                assert (a["map50"], a["map50_95"], a["curve"]) == (b["map50"], b["map50_95"], b["curve"])
+                ma = ValMatches.load(seq / "runs" / run / f"seed{seed}" / "matches.npz")
+                mb = ValMatches.load(out / "runs" / run / f"seed{seed}" / "matches.npz")
+                assert np.array_equal(ma.tp, mb.tp) and np.array_equal(ma.conf, mb.conf)
+                assert (out / "runs" / run / f"seed{seed}" / "train.log").stat().st_size > 0
+                assert not (out / "runs" / run / f"seed{seed}" / "train" / "weights").exists()  # no --fetch-weights
+        assert json.loads((out / "costs.json").read_text())["variants"][1]["latency_b1_ms"] > 0
+
+        attempts = tmp_path / "attempts.txt"
+        mod = tmp_path / "killing_attention.py"
+        mod.write_text(textwrap.dedent(KILLING_MODULE.format(attempts=str(attempts))))
+        argv = ["--attn", "none,se,killtest", "--import", str(mod), "--out", str(out), "--ray", "--ray-retries", "1",
+                *TINY]
+        rc, stdout, err = _run(argv, capsys)
+        assert rc == 1 and "killtest" in err
+        assert "skipped none/seed0" in stdout and "skipped se@neck/seed0" in stdout and "1 run(s) to train" in stdout
+        killed = _result(out, "killtest@neck")
+        assert killed["status"] == "failed" and "Ray task failed" in killed["error"]
+        assert attempts.read_text().count("attempt") == 2  # Ray's retry, then recorded
+        rc, stdout, _ = _run(argv, capsys)
+        assert "0 run(s) to train" in stdout and attempts.read_text().count("attempt") == 2
+
+        missing = tmp_path / "nowhere" / "data.yaml"
+        rc, _, _ = _run(["--attn", "none", "--data", str(missing), "--out", str(tmp_path / "nodata"), "--ray", *TINY],
+                        capsys)
+        failed = _result(tmp_path / "nodata", "none")
+        assert rc == 1 and failed["status"] == "failed" and "not readable on node" in failed["error"]
+        assert str(missing) in failed["error"]
+    finally:
+        ray.shutdown()

@@ -72,6 +72,18 @@ def test_matches_roundtrip_and_reorder(tmp_path):
         m.reordered(("a.png",) * 12)
 
 
+def test_replicates_do_not_depend_on_the_validation_order(tmp_path):
+    """Workers compute their runs' replicates apart; sorting the images by name makes them resample alike."""
+    from yolo_attention.ablate.stats import Replicates
+
+    m = _detector_matches(np.random.default_rng(5), 16, recall=0.5)
+    a, b = Replicates.of(m, n_boot=20), Replicates.of(m.reordered(tuple(reversed(m.images))), n_boot=20)
+    assert a.images_sha == b.images_sha and np.array_equal(a.maps, b.maps)
+    a.save(tmp_path / "r.npz")
+    back = Replicates.load(tmp_path / "r.npz")
+    assert (back.images_sha, back.n_boot, back.seed) == (a.images_sha, 20, a.seed) and np.array_equal(back.maps, a.maps)
+
+
 def test_t_quantile_matches_tables():
     for df, q in ((1, 12.7062), (2, 4.3027), (3, 3.1824), (10, 2.2281), (30, 2.0423), (math.inf, 1.9600)):
         assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)

@@ -104,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "recorded as failed [%(default)s]")
     p.add_argument("--fetch-weights", action="store_true",
                    help="with --ray: bring every run's weights back to --out (the base stage's always come back)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("train_args", nargs="*", metavar="key=value", help="passed to ultralytics' train")
     return p
 
@@ -323,9 +322,5 @@ def _finish(out: Path, sweep: Sweep, results, store: Store, costs, t0: float) ->
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
-    if a.worker:  # the worker's former entry point, kept for scripts that call it
-        from .worker import main as worker_main
-
-        return worker_main([a.worker])
     _fix_greedy_options(a)
     return run(a)

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import write_json
-from .matches import ValMatches, resampled_maps
+from .matches import ValMatches
 from .results import CostReport, RunResult, VariantCost
 from .spec import Variant
-from .stats import N_BOOT, Comparison, RunScores, bootstrap_counts, compare
+from .stats import BOOT_FILE, BOOT_SEED, N_BOOT, Comparison, Replicates, RunScores, compare
 from .sweep import Store, Sweep
 
 __all__ = ["Row", "analyse", "write_reports", "text_table", "markdown_table"]
@@ -93,25 +93,31 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def _replicates(r: RunResult, store: Store) -> Replicates | None:
+    """The run's bootstrap replicates: as its worker stored them, else computed here from its matches."""
+    d = store.run_dir(r.run_id)
+    if r.bootstrap and (d / r.bootstrap).exists():
+        rep = Replicates.load(d / r.bootstrap)
+        if (rep.n_boot, rep.seed) == (N_BOOT, BOOT_SEED):
+            return rep
+    if not r.matches or not (d / r.matches).exists():
+        return None
+    rep = Replicates.of(ValMatches.load(d / r.matches))
+    rep.save(d / BOOT_FILE)
+    return rep
+
+
 def _scores(runs: list[RunResult], store: Store) -> tuple[dict[str, RunScores], str]:
-    """Bootstrap replicates of every run's mAP on one shared set of image resamples ('' or why not)."""
-    matches = {}
+    """Every run's mAP and its replicates on the shared image resamples ('' or why there are none)."""
+    out, shas = {}, set()
     for r in runs:
-        p = store.run_dir(r.run_id) / r.matches if r.matches else None
-        if p is None or not p.exists():
+        rep = _replicates(r, store)
+        if rep is None:
             return {}, f"run {r.run_id} has no per-image matches"
-        matches[r.run_id] = ValMatches.load(p)
-    if not matches:
-        return {}, ""
-    images = next(iter(matches.values())).images
-    counts = bootstrap_counts(len(images))
-    out = {}
-    try:
-        for r in runs:
-            m = matches[r.run_id].reordered(images)
-            out[r.run_id] = RunScores(r.seed, (r.map50, r.map50_95), resampled_maps(m, counts))
-    except ValueError as e:
-        return {}, str(e)
+        shas.add(rep.images_sha)
+        out[r.run_id] = RunScores(r.seed, (r.map50, r.map50_95), rep.maps)
+    if len(shas) > 1:
+        return {}, "the runs were validated on different images"
     return out, ""
 
 

@@ -39,6 +39,7 @@ class RunResult:
     map50_95: float | None = None
     curve: list[EpochPoint] = field(default_factory=list)
     matches: str | None = None  # file in the run directory with the per-image matches of that validation
+    bootstrap: str | None = None  # file with its mAP on the shared bootstrap resamples (stats.Replicates)
     weights: str | None = None  # the final weights, relative to the run directory
     train_s: float | None = None
     wall_s: float | None = None

@@ -19,13 +19,18 @@ The method (docs/ablate-statistics.md has it with references):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Comparison", "RunScores", "compare", "bootstrap_counts", "t_quantile", "N_BOOT", "METRICS"]
+from .matches import ValMatches, resampled_maps
+
+__all__ = ["Comparison", "RunScores", "Replicates", "compare", "bootstrap_counts", "t_quantile", "N_BOOT", "METRICS",
+           "BOOT_FILE"]
 
 N_BOOT = 500  # replicates: the bootstrap gives a standard error here, for which a few hundred suffice
 BOOT_SEED = 0  # fixed: the same results give the same report
@@ -33,6 +38,7 @@ METRICS = ("map50_95", "map50")  # the order of the columns of RunScores arrays 
 _COLUMN = {"map50": 0, "map50_95": 1}
 
 BETTER, WORSE, UNCLEAR = "better", "worse", "no clear difference"
+BOOT_FILE = "bootstrap.npz"
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,39 @@ def bootstrap_counts(n_images: int, n_boot: int = N_BOOT, seed: int = BOOT_SEED)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n_images, size=(n_boot, n_images))
     return np.stack([np.bincount(row, minlength=n_images) for row in idx])
+
+
+def _images_sha(images: Sequence[str]) -> str:
+    return hashlib.sha256("\0".join(images).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Replicates:
+    """One run's (mAP50, mAP50-95) on the shared bootstrap resamples of its validation images.
+
+    Every run draws the same resamples: the images are taken in sorted-name order and the draws
+    come from a fixed seed, so runs computed apart (each worker computes its own, right after
+    training) still resample the same images together.
+    """
+
+    images_sha: str
+    n_boot: int
+    seed: int
+    maps: np.ndarray  # (n_boot, 2)
+
+    @classmethod
+    def of(cls, m: ValMatches, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Replicates:
+        images = tuple(sorted(m.images))
+        counts = bootstrap_counts(len(images), n_boot, seed)
+        return cls(_images_sha(images), n_boot, seed, resampled_maps(m.reordered(images), counts))
+
+    def save(self, path: Path) -> None:
+        np.savez(path, maps=self.maps, images_sha=self.images_sha, n_boot=self.n_boot, seed=self.seed)
+
+    @classmethod
+    def load(cls, path: Path) -> Replicates:
+        with np.load(path) as z:
+            return cls(str(z["images_sha"]), int(z["n_boot"]), int(z["seed"]), z["maps"])
 
 
 def _betainc(a: float, b: float, x: float) -> float:

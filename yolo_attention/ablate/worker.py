@@ -172,6 +172,7 @@ def _train(task: TrainTask, result: RunResult, events: _Events) -> None:
 
     from .build import build_variant, data_nc, import_user_modules
     from .matches import MatchRecorder
+    from .stats import BOOT_FILE, Replicates
 
     spec, run_dir = task.spec, Path(task.run_dir)
     if spec.threads:
@@ -201,6 +202,9 @@ def _train(task: TrainTask, result: RunResult, events: _Events) -> None:
     result.map50, result.map50_95, result.curve = last.map50, last.map50_95, curve.points
     curve.final_matches.save(run_dir / MATCHES_FILE)
     result.matches = MATCHES_FILE
+    events(event="bootstrap")
+    Replicates.of(curve.final_matches).save(run_dir / BOOT_FILE)  # here: in parallel on a cluster's workers
+    result.bootstrap = BOOT_FILE
     if (run_dir / WEIGHTS).is_file():
         result.weights = WEIGHTS
 

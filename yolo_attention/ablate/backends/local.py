@@ -49,6 +49,8 @@ class _Watcher:
             self.epoch_t0 = now
             nxt = ev["epoch"] + 1
             self.state, changed = (f"epoch {nxt}/{ev['epochs']}" if nxt <= ev["epochs"] else "final validation"), True
+        elif ev is not None and ev["event"] == "bootstrap":
+            self.state, changed = "bootstrap of the validation images", True
         if changed and not p.tty and self.state == self.last_state:
             changed = False
         if changed or (p.tty and now - self.last_print > 1.0):

@@ -25,6 +25,7 @@ from ..common import UsageError, fmt_time
 from ..progress import Progress
 from ..results import MATCHES_FILE, RESULT_FILE, CostReport, RunResult
 from ..spec import CostSpec, RunSpec
+from ..stats import BOOT_FILE
 from ..sweep import Store
 
 __all__ = ["RaySession", "RayBackend", "connect", "EXTRA_HINT", "DEFAULT_RETRIES"]
@@ -32,7 +33,7 @@ __all__ = ["RaySession", "RayBackend", "connect", "EXTRA_HINT", "DEFAULT_RETRIES
 EXTRA_HINT = "pip install 'yolo-attention[ray]'"
 DEFAULT_RETRIES = 2  # Ray re-runs a task whose worker process or node died this many times
 CONNECT_TIMEOUT_S = 3.0
-_RETURNED = ("train.log", "progress.jsonl", MATCHES_FILE, "train/results.csv", "train/args.yaml")
+_RETURNED = ("train.log", "progress.jsonl", MATCHES_FILE, BOOT_FILE, "train/results.csv", "train/args.yaml")
 
 
 def _import_ray():
@@ -264,6 +265,8 @@ class RayBackend:
                 (run_dir / name).write_bytes(data)
             res = RunResult.from_dict(payload["result"])
             res.fingerprint = spec.fingerprint  # the node ran it with its own paths; the run is the driver's spec
+            if res.weights not in payload["files"]:
+                res.weights = None  # left on the node (no --fetch-weights)
         self.progress.run_done(spec, wall, epochs_seen=False)
         p = self.progress
         status = (f"done on {res.node} in {fmt_time(wall)}: mAP50-95 {res.map50_95:.4f}" if res.ok
