@@ -72,7 +72,7 @@ def test_end_to_end_files_columns_statistics_and_costs(first_run):
         assert col in rows[0], col
     md = (out / "results.md").read_text()
     for head in ("GFLOPs (all ops)", "GFLOPs (ultralytics)", "latency b1 (ms)", "latency b4 (ms)", "train (img/s)",
-                 "mAP50-95", "Δ mAP50-95 [95% CI]", "verdict", "seeds and validation sampling"):
+                 "mAP50-95", "Δ mAP50-95 [95% CI]", "verdict", "(2 seeds)", "(1.00x)"):
         assert head in md, head
     for seed in (0, 1):
         for run in ("none", "se@neck"):
@@ -394,7 +394,7 @@ def test_ray_backend_matches_sequential_records_a_killed_task_and_resumes(first_
                 ma = ValMatches.load(seq / "runs" / run / f"seed{seed}" / "matches.npz")
                 mb = ValMatches.load(out / "runs" / run / f"seed{seed}" / "matches.npz")
                 assert np.array_equal(ma.tp, mb.tp) and np.array_equal(ma.conf, mb.conf)
-                assert (out / "runs" / run / f"seed{seed}" / "train.log").stat().st_size > 0
+                assert (out / "runs" / run / f"seed{seed}" / "train.log").is_file()  # (empty: conftest quiets YOLO)
                 assert not (out / "runs" / run / f"seed{seed}" / "train" / "weights").exists()  # no --fetch-weights
         assert json.loads((out / "costs.json").read_text())["variants"][1]["latency_b1_ms"] > 0
 

@@ -118,6 +118,36 @@ def _build(spec: CostSpec, v: Variant, nc: int | None):
     return build_variant(spec.model, v, nc, gated=spec.gated)[1]
 
 
+def _prepare(spec: CostSpec, nc: int | None, device) -> tuple[dict, dict, dict]:
+    """Build and warm up every variant: (benches, static costs, errors) by variant name."""
+    benches, static, errors = {}, {}, {}
+    for v in spec.variants:
+        try:
+            det = _build(spec, v, nc)
+            static[v.name] = _static(det, spec.imgsz)
+            b = _Bench(det, spec.imgsz, spec.batch, device)
+            for fn in (b.forward_b1, b.forward_batch, b.train_step):
+                for _ in range(WARMUP):
+                    fn()
+            benches[v.name] = b
+        except Exception as e:  # noqa: BLE001  (one variant that cannot be measured must not hide the others)
+            errors[v.name] = f"{type(e).__name__}: {str(e).strip()[:300]}"
+    return benches, static, errors
+
+
+def _rounds(benches: dict, repeats: int, device) -> dict[str, dict[str, list[float]]]:
+    """Time every variant once per round, the order rotating from round to round (ms per call)."""
+    times = {n: {"b1": [], "batch": [], "step": []} for n in benches}
+    names = list(benches)
+    for r in range(repeats if names else 0):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            b = benches[n]
+            times[n]["b1"].append(_timed_ms(b.forward_b1, LATENCY_RUNS_B1, device))
+            times[n]["batch"].append(_timed_ms(b.forward_batch, LATENCY_RUNS_BATCH, device))
+            times[n]["step"].append(_timed_ms(b.train_step, TRAIN_STEPS, device))
+    return times
+
+
 def measure_costs(spec: CostSpec, data_yaml: str | None = None) -> CostReport:
     """Build every variant, then time them in ``spec.repeats`` interleaved rounds; medians over rounds."""
     import torch
@@ -125,7 +155,7 @@ def measure_costs(spec: CostSpec, data_yaml: str | None = None) -> CostReport:
 
     import yolo_attention  # noqa: F401
 
-    from ..bench import _peak_mb
+    from ..bench import _peak_mb, machine_info
     from .build import data_nc, import_user_modules
 
     t0 = time.time()
@@ -134,26 +164,8 @@ def measure_costs(spec: CostSpec, data_yaml: str | None = None) -> CostReport:
     import_user_modules(spec.imports)
     device = select_device(spec.device, verbose=False)
     nc = spec.data.nc or (data_nc(data_yaml) if data_yaml else None)
-    benches, static, errors = {}, {}, {}
-    for v in spec.variants:
-        try:
-            det = _build(spec, v, nc)
-            static[v.name] = _static(det, spec.imgsz)
-            benches[v.name] = b = _Bench(det, spec.imgsz, spec.batch, device)
-            for fn in (b.forward_b1, b.forward_batch, b.train_step):
-                for _ in range(WARMUP):
-                    fn()
-        except Exception as e:  # noqa: BLE001  (one variant that cannot be measured must not hide the others)
-            errors[v.name] = f"{type(e).__name__}: {str(e).strip()[:300]}"
-            benches.pop(v.name, None)
-    times: dict[str, dict[str, list[float]]] = {n: {"b1": [], "batch": [], "step": []} for n in benches}
-    names = list(benches)
-    for r in range(spec.repeats):
-        for n in names[r % len(names):] + names[: r % len(names)] if names else []:  # rotate the order each round
-            b = benches[n]
-            times[n]["b1"].append(_timed_ms(b.forward_b1, LATENCY_RUNS_B1, device))
-            times[n]["batch"].append(_timed_ms(b.forward_batch, LATENCY_RUNS_BATCH, device))
-            times[n]["step"].append(_timed_ms(b.train_step, TRAIN_STEPS, device))
+    benches, static, errors = _prepare(spec, nc, device)
+    times = _rounds(benches, spec.repeats, device)
     results = []
     for v in spec.variants:
         if v.name not in benches:
@@ -164,10 +176,8 @@ def measure_costs(spec: CostSpec, data_yaml: str | None = None) -> CostReport:
             v.name, **static[v.name], latency_b1_ms=t["b1"], latency_batch_ms=t["batch"],
             train_images_per_s=spec.batch / (t["step"] / 1e3),
             train_peak_mem_mb=_peak_mb(benches[v.name].train_step, device)))
-    memory_kind = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-                   else "peak size of the tensors alive during the step (yolo_attention.bench's tracker)")
-    from ..bench import machine_info
-
+    memory = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+              else "peak size of the tensors alive during the step (yolo_attention.bench's tracker)")
     return CostReport(fingerprint=spec.fingerprint, device=_device_name(device), imgsz=spec.imgsz, batch=spec.batch,
                       repeats=spec.repeats, variants=results, machine=machine_info(device),
-                      memory_kind=f"one training step at batch {spec.batch}: {memory_kind}", wall_s=time.time() - t0)
+                      memory_kind=f"one training step at batch {spec.batch}: {memory}", wall_s=time.time() - t0)

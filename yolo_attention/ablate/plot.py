@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
+
 __all__ = ["plot"]
 
 
@@ -22,6 +24,7 @@ def _accuracy_vs_cost(ax, rows, results, xkey: str, xlabel: str) -> None:
         ax.annotate(r.label, (x, r.map50_95), textcoords="offset points", xytext=(7, 5), fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mAP50-95 (mean, bars: seed s.d.)")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # close FLOPs values would print overlapping long ticks
     ax.grid(alpha=0.3)
 
 
@@ -42,6 +45,7 @@ def _curves(ax, rows, base: dict | None) -> None:
         ax.fill_between(r.curve.epochs, r.curve.low, r.curve.high, color=color, alpha=0.15, lw=0)
     ax.set_xlabel("epoch" + (" (base stage before 0)" if base else ""))
     ax.set_ylabel("validation mAP50-95 (mean, band: seed range)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
 

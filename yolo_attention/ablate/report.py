@@ -260,7 +260,8 @@ def _title(sweep: Sweep) -> str:
     start = (f"fine-tuned from a base trained {sweep.base.epochs} epochs per seed" if sweep.base
              else "from the checkpoint" if sweep.gated else "from scratch")
     return (f"{Path(sweep.model).name} + attention at {', '.join(sweep.places)} | {sweep.data.desc} | imgsz {t.imgsz}, "
-            f"{t.epochs} epochs {start}, batch {t.batch}, {len(sweep.seeds)} seed(s), {sweep.device}")
+            f"{t.epochs} epoch{'s' if t.epochs > 1 else ''} {start}, batch {t.batch}, {len(sweep.seeds)} "
+            f"seed{'s' if len(sweep.seeds) > 1 else ''}, {sweep.device}")
 
 
 def _notes(sweep: Sweep, costs: CostReport | None) -> list[str]:
