@@ -90,7 +90,8 @@ def test_end_to_end_files_columns_statistics_and_costs(first_run):
     assert se["n_seeds"] == 2 and se["interval_covers"] == "seeds and validation sampling"
     low, high = se["delta_map50_95_ci"]
     assert low <= se["delta_map50_95"] <= high
-    assert se["verdict_map50_95"] in ("better", "worse", "no clear difference")
+    assert se["verdict"] == se["verdict_map50_95"] in ("better", "worse", "no clear difference")
+    assert res["variants"][0]["verdict"] == "baseline"
     assert (low > 0) == (se["verdict_map50_95"] == "better") and (high < 0) == (se["verdict_map50_95"] == "worse")
     assert se["curve"]["epochs"] == [1] and len(se["curve"]["map50_95_mean"]) == 1
     for k in ("latency_b1_ms", "latency_batch_ms", "train_images_per_s", "train_peak_mem_mb", "params", "gflops"):
@@ -149,7 +150,8 @@ def test_determinism_and_failing_variant(first_run, tmp_path, capsys):
     assert rows["failtest@neck"]["status"] == "failed" and "injected failure" in rows["failtest@neck"]["error"]
     assert rows["se@neck"]["status"] == "ok"
     # with one seed the interval covers validation sampling only, and the report says so
-    assert "validation sampling only" in rows["se@neck"]["verdict"]
+    assert "validation sampling only" in rows["se@neck"]["verdict_text"]
+    assert rows["se@neck"]["verdict"] in ("better", "worse", "no clear difference")
     # failed runs are kept on resume (a deterministic failure would only fail again)
     rc, stdout, _ = _run(["--attn", "none,failtest,se", "--import", str(mod), "--out", str(out2), *TINY], capsys)
     assert "skipped failtest@neck/seed0: already finished (failed)" in stdout
@@ -157,12 +159,12 @@ def test_determinism_and_failing_variant(first_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_base_stage_then_fine_tuned_variants(tmp_path, capsys):
-    """--base-epochs: the unmodified model trains once per seed; every variant (baseline too) fine-tunes from it
-    with the attention inserted as the identity; the base is reused on resume."""
+    """--base-epochs: the unmodified model trains once per seed; every variant fine-tunes from it with the
+    attention inserted as the identity; the base is reused on resume."""
     import torch
 
     out = tmp_path / "out"
-    argv = ["--attn", "none,se", "--base-epochs", "1", "--out", str(out), *TINY]
+    argv = ["--attn", "se", "--base-epochs", "1", "--out", str(out), *TINY]
     rc, stdout, _ = _run(argv, capsys)
     assert rc == 0, stdout
     base, se = _result(out, "base"), _result(out, "se@neck")
@@ -316,7 +318,8 @@ def test_cost_spec_and_run_spec_roundtrip():
                   parent="base/seed2", parent_fingerprint="abc", imports=("x.py",))
     back = RunSpec.from_dict(json.loads(json.dumps(run.to_dict())))
     assert back == run and back.fingerprint == run.fingerprint and back.variant.kwargs == {"num_heads": 4}
-    assert RunSpec.from_dict({**run.to_dict(), "threads": 7}).fingerprint == run.fingerprint
+    assert RunSpec.from_dict({**run.to_dict(), "threads": 7, "imports": []}).fingerprint == run.fingerprint
+    assert RunSpec.from_dict({**run.to_dict(), "seed": 3}).fingerprint != run.fingerprint
     cost = CostSpec(tuple(v), "yolov8n", True, DataSpec(nc=3), 64, 4)
     assert CostSpec.from_dict(json.loads(json.dumps(cost.to_dict()))).fingerprint == cost.fingerprint
     assert CostSpec.from_dict({**cost.to_dict(), "imgsz": 128}).fingerprint != cost.fingerprint

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="yolo-attention ablate",
         description=(
             "Train attention variants of one detector side by side (same data, seeds and hyper-parameters) and "
-            "report accuracy with a 95%% interval and a verdict per variant, and costs measured side by side as "
+            "report accuracy with a 95% interval and a verdict per variant, and costs measured side by side as "
             "ratios to the baseline: a table (printed, CSV, Markdown), JSON and a plot. With no arguments: yolov8n "
             "with none,se,a2,bam,biformer at the neck on a generated dataset."),
         epilog=("Trailing key=value tokens go to ultralytics' train (e.g. lr0=0.02 mosaic=0). Re-running with the "

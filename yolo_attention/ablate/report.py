@@ -71,7 +71,7 @@ class Row:
              "kwargs": self.variant.kwargs, "place": self.variant.place, "status": self.status,
              "seeds_ok": self.seeds_ok, "seeds_failed": self.seeds_failed, "error": self.error,
              "map50": self.map50, "map50_sd": self.map50_sd, "map50_95": self.map50_95,
-             "map50_95_sd": self.map50_95_sd, "verdict": self.verdict,
+             "map50_95_sd": self.map50_95_sd, "verdict_text": self.verdict,
              "cost_ratios": self.ratios, "curve": self.curve.to_dict() if self.curve else None}
         for metric in ("map50_95", "map50"):
             c = self.comparisons.get(metric)
@@ -79,6 +79,8 @@ class Row:
             d[f"delta_{metric}_ci"] = list(c.ci) if c else None
             d[f"verdict_{metric}"] = c.verdict if c else None
             d[f"statistics_{metric}"] = c.to_dict() if c else None
+        # better / worse / no clear difference (from the mAP50-95 interval); baseline or failed rows say so
+        d["verdict"] = d["verdict_map50_95"] or self.verdict
         d["n_seeds"] = self.comparisons["map50_95"].n_seeds if "map50_95" in self.comparisons else None
         d["interval_covers"] = self.comparisons["map50_95"].covers if "map50_95" in self.comparisons else None
         for k in COST_KEYS + ("gflops_matmul", "gflops_ultralytics"):
@@ -227,7 +229,7 @@ CSV_FIELDS = [
     "variant", "attn", "place", "status", "seeds_ok", "seeds_failed", "params", "gflops", "gflops_matmul",
     "gflops_ultralytics", "latency_b1_ms", "latency_batch_ms", "train_images_per_s", "train_peak_mem_mb", "map50",
     "map50_sd", "map50_95", "map50_95_sd", "delta_map50", "delta_map50_ci", "delta_map50_95", "delta_map50_95_ci",
-    "verdict", "n_seeds", "interval_covers", "error",
+    "verdict", "verdict_text", "n_seeds", "interval_covers", "error",
 ]
 
 

@@ -216,8 +216,8 @@ class RunSpec:
         return fingerprint({
             "variant": self.variant.to_dict(), "seed": self.seed, "stage": self.stage.to_dict(),
             "model": self.model, "data": self.data.identity(), "device": self.device,
-            "parent": self.parent_fingerprint, "imports": list(self.imports),
-        })
+            "parent": self.parent_fingerprint,
+        })  # not threads nor --import: adding a module for a new variant must not redo the others
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -245,7 +245,7 @@ class CostSpec:
     imgsz: int
     batch: int
     device: str = "cpu"
-    repeats: int = 3
+    repeats: int = 5  # interleaved rounds; medians over them
     threads: int | None = None
     imports: tuple[str, ...] = ()
 
@@ -253,6 +253,7 @@ class CostSpec:
     def fingerprint(self) -> str:
         d = self.to_dict()
         d.pop("threads")
+        d.pop("imports")
         d["data"] = self.data.identity()
         return fingerprint(d)
 

@@ -45,10 +45,11 @@ class Sweep:
         return self.base is not None or str(self.model).endswith(".pt")
 
     def settings(self) -> dict:
-        """What every run shares; an ``--out`` made with other settings is refused (variants and seeds may grow)."""
+        """What every run shares; an ``--out`` made with other settings is refused (variants, places, seeds and
+        --import modules may be added)."""
         return {"model": self.model, "data": self.data.synthetic if self.data.generated else self.data.yaml,
                 "train": self.train.to_dict(), "base": self.base.to_dict() if self.base else None,
-                "device": self.device, "imports": list(self.imports)}
+                "device": self.device}
 
     def plan(self) -> list[RunSpec]:
         """Base runs first (one per seed), then every variant x seed, variant by variant."""
@@ -66,7 +67,7 @@ class Sweep:
                                     parent_fingerprint=p.fingerprint if p else None, **common))
         return runs
 
-    def cost_spec(self, repeats: int = 3) -> CostSpec:
+    def cost_spec(self, repeats: int = 5) -> CostSpec:
         return CostSpec(self.variants, self.model, self.gated, self.data, self.train.imgsz, self.train.batch,
                         self.device, repeats, self.threads, self.imports)
 
