@@ -45,9 +45,12 @@ def _curves(ax, rows, base: dict | None) -> None:
         ax.fill_between(r.curve.epochs, r.curve.low, r.curve.high, color=color, alpha=0.15, lw=0)
     ax.set_xlabel("epoch" + (" (base stage before 0)" if base else ""))
     ax.set_ylabel("validation mAP50-95 (mean, band: seed range)")
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(min(lo, 0), max(hi, 1.5))  # whole epochs from 0, also for a one-epoch curve
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:  # nothing to list when every run failed
+        ax.legend(fontsize=8, loc="best")
 
 
 def plot(rows, results, sweep, base: dict | None, path: Path, title: str) -> None:
