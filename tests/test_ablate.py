@@ -164,7 +164,7 @@ def test_base_stage_then_fine_tuned_variants(tmp_path, capsys):
     import torch
 
     out = tmp_path / "out"
-    argv = ["--attn", "se", "--base-epochs", "1", "--out", str(out), *TINY]
+    argv = ["--attn", "se", "--base-epochs", "1", "--out", str(out), *TINY, "--epochs", "2", "--val-every", "2"]
     rc, stdout, _ = _run(argv, capsys)
     assert rc == 0, stdout
     base, se = _result(out, "base"), _result(out, "se@neck")
@@ -173,6 +173,7 @@ def test_base_stage_then_fine_tuned_variants(tmp_path, capsys):
     assert sum(type(m).__name__ == "GatedAttention" for m in ckpt["model"].modules()) == 3
     res = json.loads((out / "results.json").read_text())
     assert res["base"]["seeds_ok"] == [0] and res["base"]["curve"]["epochs"] == [1]
+    assert [p["epoch"] for p in se["curve"]] == [2]  # --val-every 2: validated after epoch 2 only
     assert "fine-tuned from a base" in res["title"]
     rc, stdout, _ = _run(argv, capsys)
     assert rc == 0 and "skipped base/seed0" in stdout and "0 run(s) to train" in stdout
@@ -208,8 +209,9 @@ def test_help_lists_options(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--model", "--attn", "--at", "--data", "--epochs", "--base-epochs", "--imgsz", "--batch", "--seeds",
-                "--device", "--out", "--n-train", "--n-val", "--ray", "--cpus-per-run", "--fetch-weights", "key=value"):
+    for opt in ("--model", "--attn", "--at", "--data", "--epochs", "--base-epochs", "--val-every", "--imgsz", "--batch",
+                "--seeds", "--device", "--out", "--n-train", "--n-val", "--ray", "--cpus-per-run", "--fetch-weights",
+                "key=value"):
         assert opt in text
 
 
@@ -308,6 +310,20 @@ def test_every_variant_builds_for_bundled_and_shipped_configs(model, tmp_path):
         _, det, cfg = build_variant(model, v, 4, yaml_out=tmp_path / f"{model}-{v.dirname}.yaml")
         assert isinstance(det, DetectionModel) and det.yaml["nc"] == 4
         assert DetectionModel(cfg, nc=4, verbose=False).yaml["backbone"] == det.yaml["backbone"]
+
+
+def test_validate_every_n_epochs():
+    from types import SimpleNamespace
+
+    from yolo_attention.ablate.worker import _validate_every
+
+    trainer = SimpleNamespace(args=SimpleNamespace(val=True), epoch=0)
+    seen = []
+    for epoch in range(6):
+        trainer.epoch = epoch
+        _validate_every(3)(trainer)
+        seen.append(trainer.args.val)
+    assert seen == [False, False, True, False, False, True]
 
 
 def test_cost_spec_and_run_spec_roundtrip():

@@ -32,6 +32,7 @@ class Defaults:
     at: tuple[str, ...] = ("neck",)
     epochs: int = 25
     base_epochs: int = 0  # 0: every variant trains from scratch
+    val_every: int = 1  # validation (learning curves) every N epochs
     imgsz: int = 128
     batch: int = 16
     seeds: int = 1
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the unmodified model this many epochs once per seed, then fine-tune every variant "
                         "(the baseline too) from it for --epochs, the attention inserted as the identity; 0: every "
                         "variant trains from scratch [%(default)s]")
+    p.add_argument("--val-every", type=int, default=d.val_every, metavar="N",
+                   help="validate every N epochs for the learning curves (the last epoch always) [%(default)s]")
     p.add_argument("--imgsz", type=int, default=d.imgsz, help="[%(default)s]")
     p.add_argument("--batch", type=int, default=d.batch, help="training batch (also timed for latency) [%(default)s]")
     p.add_argument("--seeds", type=int, default=d.seeds, help="train every variant with seeds 0..N-1 [%(default)s]")
@@ -143,7 +146,8 @@ def _parse_train_args(tokens: list[str]) -> dict:
             import difflib
 
             close = difflib.get_close_matches(k, list(DEFAULT_CFG_DICT), n=3)
-            raise UsageError(f"unknown ultralytics training argument {k!r}.{f' Did you mean {close}?' if close else ''}")
+            hint = f" Did you mean {close}?" if close else ""
+            raise UsageError(f"unknown ultralytics training argument {k!r}.{hint}")
         out[k] = _parse_value(v)
     return out
 
@@ -178,7 +182,7 @@ def _data_spec(a: argparse.Namespace) -> DataSpec:
 
 
 def _check_numbers(a: argparse.Namespace) -> None:
-    for name in ("epochs", "batch", "seeds", "n_train", "n_val"):
+    for name in ("epochs", "batch", "seeds", "n_train", "n_val", "val_every"):
         if getattr(a, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     if a.base_epochs < 0:
@@ -206,11 +210,11 @@ def prepare(a: argparse.Namespace) -> tuple[Sweep, Path]:
     data = _data_spec(a)
     model = str(Path(a.model).expanduser().resolve()) if Path(a.model).suffix in (".yaml", ".yml", ".pt") and \
         Path(a.model).expanduser().exists() else a.model
-    base = (Stage("base", a.base_epochs, a.imgsz, a.batch, {**DEFAULTS.base_train_args, **user_args})
+    base = (Stage("base", a.base_epochs, a.imgsz, a.batch, {**DEFAULTS.base_train_args, **user_args}, a.val_every)
             if a.base_epochs else None)
     sweep = Sweep(
         model=model, variants=tuple(variants), seeds=tuple(range(a.seeds)), data=data,
-        train=Stage("train", a.epochs, a.imgsz, a.batch, {**DEFAULTS.train_args, **user_args}), base=base,
+        train=Stage("train", a.epochs, a.imgsz, a.batch, {**DEFAULTS.train_args, **user_args}, a.val_every), base=base,
         device=str(a.device), threads=a.cpus_per_run if a.ray is None else (a.cpus_per_run or 1),
         imports=tuple(str(Path(i).resolve()) if i.endswith(".py") else i for i in a.imports), places=tuple(a.at))
     check_variants(model, variants, data.nc, a.imgsz, gated=sweep.gated)

@@ -13,8 +13,8 @@ was trained (inserted gated into the base, or as a YAML row) from its definition
 
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
 import statistics
 import time
 

@@ -42,7 +42,9 @@ class ValMatches:
             raise ValueError(f"{len(images)} image names for {n} validated images")
         npred = [len(c) for c in stats["conf"]]
         ntgt = [len(c) for c in stats["target_cls"]]
-        cat = lambda xs, shape, dtype: np.concatenate(xs, 0).astype(dtype) if xs else np.zeros(shape, dtype)  # noqa: E731
+        def cat(xs, shape, dtype):
+            return np.concatenate(xs, 0).astype(dtype) if xs else np.zeros(shape, dtype)
+
         return cls(
             images=tuple(images),
             tp=cat(stats["tp"], (0, 10), bool).reshape(-1, 10),

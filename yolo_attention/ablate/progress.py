@@ -41,7 +41,8 @@ class Progress:
             if per is None:
                 return None
             epochs = r.stage.epochs - (self.current_epochs_done if i == 0 and self.concurrency == 1 else 0)
-            total += max(0, epochs) * per + (statistics.mean(self.overhead_s) if self.overhead_s else 0.25 * per * r.stage.epochs)
+            overhead = statistics.mean(self.overhead_s) if self.overhead_s else 0.25 * per * r.stage.epochs
+            total += max(0, epochs) * per + overhead
         return total / self.concurrency
 
     def epoch_done(self, spec: RunSpec, seconds: float, epoch: int) -> None:

@@ -169,13 +169,15 @@ class Stage:
     imgsz: int
     batch: int
     train_args: dict = field(default_factory=dict, hash=False)  # ultralytics train() keywords
+    val_every: int = 1  # validate every N epochs (the learning curve); the last epoch always
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Stage:
-        return cls(d["name"], d["epochs"], d["imgsz"], d["batch"], dict(d.get("train_args") or {}))
+        return cls(d["name"], d["epochs"], d["imgsz"], d["batch"], dict(d.get("train_args") or {}),
+                   d.get("val_every", 1))
 
 
 # ----------------------------------------------------------------------------- runs

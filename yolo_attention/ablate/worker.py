@@ -165,6 +165,15 @@ class _Curve:
         self.events(event="epoch", epoch=trainer.epoch + 1, epochs=trainer.epochs)
 
 
+def _validate_every(k: int):
+    """on_train_epoch_start: ultralytics validates after an epoch when ``args.val`` (and after the last always)."""
+
+    def callback(trainer) -> None:
+        trainer.args.val = (trainer.epoch + 1) % k == 0
+
+    return callback
+
+
 def _train(task: TrainTask, result: RunResult, events: _Events) -> None:
     import torch
 
@@ -188,6 +197,8 @@ def _train(task: TrainTask, result: RunResult, events: _Events) -> None:
     recorder.attach(model)
     curve = _Curve(recorder, events)
     model.add_callback("on_fit_epoch_end", curve)
+    if spec.stage.val_every > 1:
+        model.add_callback("on_train_epoch_start", _validate_every(spec.stage.val_every))
     events(event="start", epochs=spec.stage.epochs)
     args = dict(data=task.data_yaml, epochs=spec.stage.epochs, imgsz=spec.stage.imgsz, batch=spec.stage.batch,
                 device=spec.device, seed=spec.seed, deterministic=True, workers=0, project=str(run_dir), name="train",

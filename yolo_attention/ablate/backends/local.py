@@ -75,7 +75,8 @@ class LocalBackend:
         spec, parent = self.queue.popleft()
         self.index += 1
         run_dir = self.store.fresh_run_dir(spec.run_id)
-        write_task(TrainTask(spec, str(run_dir), self.data_yaml, str(parent) if parent else None), run_dir / "task.json")
+        task = TrainTask(spec, str(run_dir), self.data_yaml, str(parent) if parent else None)
+        write_task(task, run_dir / "task.json")
         watcher = _Watcher(self.progress, spec, self.index)
         t0 = time.time()
         rc = run_process(run_dir / "task.json", run_dir / LOG_FILE, spec.threads, on_event=watcher)
@@ -83,6 +84,7 @@ class LocalBackend:
         res_file = run_dir / RESULT_FILE
         res = RunResult.from_dict(read_json(res_file)) if res_file.exists() else crash_result(
             spec, rc, run_dir / LOG_FILE, wall)
+        res.fingerprint = spec.fingerprint  # the result of this spec, whatever the worker's version computed
         self.progress.run_done(spec, wall, watcher.epochs_seen)
         if res.ok:
             msg = f"done in {fmt_time(wall)}: mAP50 {res.map50:.4f}, mAP50-95 {res.map50_95:.4f}"

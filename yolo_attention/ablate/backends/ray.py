@@ -98,7 +98,8 @@ def connect(address: str | None, device: str, cpus_per_run: int | None, retries:
     num_cpus = cpus_per_run or 1
     if gpu:
         if resources.get("GPU", 0) < 1:
-            raise UsageError(f"--device {device}: the Ray cluster has no GPU (resources: {resources}); use --device cpu")
+            raise UsageError(f"--device {device}: the Ray cluster has no GPU (resources: {resources}); "
+                             "use --device cpu")
         concurrency = int(resources["GPU"])
     else:
         concurrency = max(1, int(resources.get("CPU", 1) // num_cpus))
