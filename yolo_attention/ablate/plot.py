@@ -33,7 +33,7 @@ def _curves(ax, rows, base: dict | None) -> None:
         c = base["curve"]
         offset = max(c["epochs"])
         e = [k - offset for k in c["epochs"]]
-        ax.plot(e, c["map50_95_mean"], color="0.5", lw=1.5, label="base stage")
+        ax.plot(e, c["map50_95_mean"], color="0.5", lw=1.5, marker="o" if len(e) < 3 else None, label="base stage")
         ax.fill_between(e, c["map50_95_min"], c["map50_95_max"], color="0.5", alpha=0.2, lw=0)
         ax.axvline(0, color="0.6", lw=0.8, ls=":")
     for i, r in enumerate(rows):

@@ -124,8 +124,7 @@ def _scores(runs: list[RunResult], store: Store) -> tuple[dict[str, RunScores], 
 
 
 def _verdict_text(c: Comparison) -> str:
-    seeds = f"{c.n_seeds} seed{'s' if c.n_seeds > 1 else ''}"
-    return f"{c.verdict} ({seeds}{': validation sampling only' if c.n_seeds < 2 else ''})"
+    return f"{c.verdict} ({_count(c.n_seeds, 'seed')}{': validation sampling only' if c.n_seeds < 2 else ''})"
 
 
 def _cost_ratios(cost: VariantCost | None, base: VariantCost | None) -> dict[str, float]:
@@ -257,13 +256,16 @@ def text_table(rows: list[Row], batch: int) -> str:
 # ----------------------------------------------------------------------------- files
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def _title(sweep: Sweep) -> str:
     t = sweep.train
-    start = (f"fine-tuned from a base trained {sweep.base.epochs} epochs per seed" if sweep.base
+    start = (f"fine-tuned from a base trained {_count(sweep.base.epochs, 'epoch')} per seed" if sweep.base
              else "from the checkpoint" if sweep.gated else "from scratch")
     return (f"{Path(sweep.model).name} + attention at {', '.join(sweep.places)} | {sweep.data.desc} | imgsz {t.imgsz}, "
-            f"{t.epochs} epoch{'s' if t.epochs > 1 else ''} {start}, batch {t.batch}, {len(sweep.seeds)} "
-            f"seed{'s' if len(sweep.seeds) > 1 else ''}, {sweep.device}")
+            f"{_count(t.epochs, 'epoch')} {start}, batch {t.batch}, {_count(len(sweep.seeds), 'seed')}, {sweep.device}")
 
 
 def _notes(sweep: Sweep, costs: CostReport | None) -> list[str]:
@@ -329,7 +331,7 @@ def write_reports(out: Path, sweep: Sweep, results: dict[str, RunResult], store:
     md = [f"# Ablation: {title}", "", markdown_table(rows, sweep.train.batch), ""]
     if base and base["map50_95"] is not None:
         md += [f"Base stage (trained once per seed, then every variant fine-tuned from it): mAP50-95 "
-               f"{_map_cell(base['map50_95'], base['map50_95_sd'])} after {sweep.base.epochs} epochs.", ""]
+               f"{_map_cell(base['map50_95'], base['map50_95_sd'])} after {_count(sweep.base.epochs, 'epoch')}.", ""]
     md += _notes(sweep, costs) + [""]
     (out / "results.md").write_text("\n".join(md))
     write_json(out / "results.json", {
