@@ -159,10 +159,10 @@ def measure_costs(spec: CostSpec, data_yaml: str | None = None) -> CostReport:
     from .build import data_nc, import_user_modules
 
     t0 = time.time()
+    import_user_modules(spec.imports)
+    device = select_device(spec.device, verbose=False)  # on CPU it sets ultralytics' training thread count
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    import_user_modules(spec.imports)
-    device = select_device(spec.device, verbose=False)
     nc = spec.data.nc or (data_nc(data_yaml) if data_yaml else None)
     benches, static, errors = _prepare(spec, nc, device)
     times = _rounds(benches, spec.repeats, device)

@@ -44,6 +44,7 @@ class RunResult:
     train_s: float | None = None
     wall_s: float | None = None
     node: str | None = None
+    threads: int | None = None  # torch's CPU threads while it trained
     error: str | None = None
     error_kind: str | None = None
     traceback: str | None = None

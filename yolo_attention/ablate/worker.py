@@ -174,6 +174,19 @@ def _validate_every(k: int):
     return callback
 
 
+def _threads(n: int | None, result: RunResult):
+    """on_train_start, after the trainer's select_device (which sets ultralytics' CPU thread count): use ``n``."""
+
+    def callback(trainer) -> None:
+        import torch
+
+        if n:
+            torch.set_num_threads(n)
+        result.threads = torch.get_num_threads()
+
+    return callback
+
+
 def _train(task: TrainTask, result: RunResult, events: _Events) -> None:
     import torch
 
@@ -184,8 +197,6 @@ def _train(task: TrainTask, result: RunResult, events: _Events) -> None:
     from .stats import BOOT_FILE, Replicates
 
     spec, run_dir = task.spec, Path(task.run_dir)
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
     import_user_modules(spec.imports)
     from ultralytics import YOLO
 
@@ -199,6 +210,7 @@ def _train(task: TrainTask, result: RunResult, events: _Events) -> None:
     model.add_callback("on_fit_epoch_end", curve)
     if spec.stage.val_every > 1:
         model.add_callback("on_train_epoch_start", _validate_every(spec.stage.val_every))
+    model.add_callback("on_train_start", _threads(spec.threads, result))
     events(event="start", epochs=spec.stage.epochs)
     args = dict(data=task.data_yaml, epochs=spec.stage.epochs, imgsz=spec.stage.imgsz, batch=spec.stage.batch,
                 device=spec.device, seed=spec.seed, deterministic=True, workers=0, project=str(run_dir), name="train",
