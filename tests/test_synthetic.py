@@ -262,13 +262,14 @@ def test_cli(tmp_path, capsys):
     from yolo_attention.cli import main as cli_main
 
     out = tmp_path / "cli"
-    argv = ["data", "synthetic", "--out", str(out), "--train", "3", "--val", "2", "--imgsz", "96", "--seed", "5"]
+    argv = ["data", "synthetic", "--out", str(out), "--n-train", "3", "--n-val", "2", "--imgsz", "96", "--seed", "5"]
     assert cli_main(argv + ["--classes", "star,cross", "ring"]) == 0
     printed = capsys.readouterr()
     assert printed.out.strip() == str(out.resolve() / "data.yaml")
     assert "wrote 3 train + 2 val" in printed.err
     assert "  2: ring\n" in (out / "data.yaml").read_text()
     assert yaml.safe_load((out / "data.yaml").read_text())["nc"] == 3  # the classic repositories' train.py read nc
+    # --train/--val: the former spelling of --n-train/--n-val (as `yolo-attention ablate` has them), still accepted
     assert data_main(["synthetic", "--out", str(out), "--train", "3", "--val", "2", "--imgsz", "96", "--seed", "5", "--classes", "star", "cross", "ring", "-q"]) == 0
     printed = capsys.readouterr()
     assert printed.out.strip() == str(out.resolve() / "data.yaml") and printed.err == ""
@@ -280,6 +281,20 @@ def test_cli(tmp_path, capsys):
         assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         data_main([])
+
+
+def test_files_hash_identifies_the_dataset(tmp_path):
+    """The manifest's files hash is the same for the same options in another folder (a worker's copy) and
+    differs for other data; a folder without a complete dataset has none."""
+    from yolo_attention.data import dataset_digest
+
+    opts = dict(n_train=3, n_val=2, imgsz=64)
+    generate_synthetic(tmp_path / "a", seed=1, **opts)
+    generate_synthetic(tmp_path / "b", seed=1, **opts)
+    generate_synthetic(tmp_path / "c", seed=2, **opts)
+    assert dataset_digest(tmp_path / "a") == dataset_digest(tmp_path / "b") != dataset_digest(tmp_path / "c")
+    with pytest.raises(ValueError, match="no complete generated dataset"):
+        dataset_digest(tmp_path)
 
 
 # ---------------------------------------------------------------- ultralytics reads it

@@ -16,11 +16,12 @@ from .synthetic import (
     DEFAULT_N_VAL,
     SHAPES,
     SyntheticConfig,
+    dataset_digest,
     generate_synthetic,
     render_sample,
 )
 
-__all__ = ["DEFAULT_CLASSES", "SHAPES", "SyntheticConfig", "generate_synthetic", "render_sample", "main"]
+__all__ = ["DEFAULT_CLASSES", "SHAPES", "SyntheticConfig", "dataset_digest", "generate_synthetic", "render_sample", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--train", type=int, default=DEFAULT_N_TRAIN, help=f"train images (default: {DEFAULT_N_TRAIN})")
-    p.add_argument("--val", type=int, default=DEFAULT_N_VAL, help=f"val images (default: {DEFAULT_N_VAL})")
+    # --n-train/--n-val, as `yolo-attention ablate` spells them; --train/--val still work
+    p.add_argument("--n-train", "--train", dest="n_train", type=int, default=DEFAULT_N_TRAIN, metavar="N",
+                   help=f"train images (default: {DEFAULT_N_TRAIN})")
+    p.add_argument("--n-val", "--val", dest="n_val", type=int, default=DEFAULT_N_VAL, metavar="N",
+                   help=f"val images (default: {DEFAULT_N_VAL})")
     p.add_argument("--imgsz", type=int, default=DEFAULT_IMGSZ, help=f"image side in pixels (default: {DEFAULT_IMGSZ})")
     p.add_argument(
         "--classes",
@@ -71,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         yaml_path = generate_synthetic(
             args.out,
             seed=args.seed,
-            n_train=args.train,
-            n_val=args.val,
+            n_train=args.n_train,
+            n_val=args.n_val,
             imgsz=args.imgsz,
             classes=classes,
             max_objects=args.max_objects,

@@ -41,6 +41,7 @@ options, same numpy and Pillow, give byte-identical files.
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import json
 import math
 import os
@@ -61,6 +62,7 @@ __all__ = [
     "DEFAULT_N_VAL",
     "DEFAULT_IMGSZ",
     "MANIFEST_NAME",
+    "dataset_digest",
     "YAML_NAME",
     "SyntheticConfig",
     "SyntheticObject",
@@ -658,6 +660,31 @@ def _expected_files(out: Path, cfg: SyntheticConfig) -> Iterable[Path]:
             yield out / "labels" / split / f"{i:06d}.txt"
 
 
+def _files_digest(out: Path, cfg: SyntheticConfig) -> str:
+    """SHA-256 over every image and label file (names and bytes), in a fixed order."""
+    h = hashlib.sha256()
+    for p in _expected_files(out, cfg):
+        h.update(p.relative_to(out).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def dataset_digest(out_dir: str | os.PathLike) -> str:
+    """The files hash a complete generated dataset records in its manifest (``files_sha256``).
+
+    Same options, same numpy and Pillow: the same hash on every machine, so a copy generated
+    elsewhere (e.g. on a cluster worker) is checked against it. Raises ValueError if
+    ``out_dir`` holds no complete generated dataset.
+    """
+    try:
+        manifest = json.loads((Path(out_dir) / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or not manifest.get("complete") or "files_sha256" not in manifest:
+        raise ValueError(f"{out_dir} holds no complete generated dataset (no {MANIFEST_NAME} with files_sha256)")
+    return manifest["files_sha256"]
+
+
 def _reusable(out: Path, cfg: SyntheticConfig) -> bool:
     try:
         manifest = json.loads((out / MANIFEST_NAME).read_text())
@@ -668,6 +695,7 @@ def _reusable(out: Path, cfg: SyntheticConfig) -> bool:
         and manifest.get("complete") is True
         and manifest.get("generator_version") == GENERATOR_VERSION
         and manifest.get("options") == cfg.to_dict()
+        and "files_sha256" in manifest
     ):
         return False
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val)):  # nothing missing, nothing extra
@@ -781,7 +809,8 @@ def generate_synthetic(
         }
 
     yaml_path.write_text(yaml_text)
-    _write_json_atomic(out / MANIFEST_NAME, {**manifest, "complete": True, "stats": stats})
+    digest = _files_digest(out, cfg)
+    _write_json_atomic(out / MANIFEST_NAME, {**manifest, "complete": True, "stats": stats, "files_sha256": digest})
     if verbose:
         n_inst = sum(s["instances"] for s in stats.values())
         print(
