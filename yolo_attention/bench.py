@@ -26,7 +26,6 @@ machine) under ``benchmarks/results/`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
 import json
 import os
@@ -39,9 +38,10 @@ import weakref
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from .utils import thop_flops
 
 __all__ = ["main", "run_bench", "machine_info", "time_ms", "peak_mb", "parse_shapes", "DEFAULT_SHAPES", "COLUMNS"]
 
@@ -215,20 +215,6 @@ def peak_mb(fn, device: torch.device) -> float:
     return tracker.peak / 2**20
 
 
-def _thop_flops(module: nn.Module, x: torch.Tensor) -> int | None:
-    try:
-        import thop
-    except ImportError:
-        return None
-    m = copy.deepcopy(module).eval()
-    try:
-        with torch.no_grad():
-            macs, _ = thop.profile(m, inputs=(x,), verbose=False)
-    except Exception:  # noqa: BLE001 - as ultralytics' get_flops, a thop failure gives no figure
-        return None
-    return int(round(2 * float(macs)))  # ultralytics reports 2 x thop's multiply-accumulates
-
-
 def bench_one(
     name: str,
     shape: tuple[int, int, int],
@@ -269,7 +255,7 @@ def bench_one(
     row["flops_by_op"] = fwd.by_op
     if fwd.uncounted:
         row["uncounted_ops"] = fwd.uncounted
-    row["flops_thop"] = _thop_flops(module, x) if thop else None
+    row["flops_thop"] = thop_flops(module, x) if thop else None
     row["flops_train"] = count_flops(module, x, training=True).total if backward else None
 
     module.eval()
