@@ -136,13 +136,18 @@ def _md_links(md: str) -> list[str]:
 
 
 class _Page(HTMLParser):
-    """The rows of report.html's tables and the sources of its images."""
+    """The rows of report.html's tables and the sources of its images; fails on a tag closed out of order
+    or left open (HTMLParser itself accepts anything)."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
 
     def __init__(self):
         super().__init__()
-        self.rows, self.images, self._cell = [], [], None
+        self.rows, self.images, self._cell, self._open = [], [], None, []
 
     def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self._open.append(tag)
         if tag == "tr":
             self.rows.append([])
         elif tag in ("td", "th"):
@@ -155,6 +160,7 @@ class _Page(HTMLParser):
             self._cell += data
 
     def handle_endtag(self, tag):
+        assert self._open and self._open.pop() == tag, f"</{tag}> closes nothing open"
         if tag in ("td", "th"):
             self.rows[-1].append(self._cell)
             self._cell = None
@@ -164,6 +170,7 @@ def _page(path: Path) -> _Page:
     page = _Page()
     page.feed(path.read_text(encoding="utf-8"))
     page.close()
+    assert not page._open, f"{path}: tags left open: {page._open}"
     return page
 
 
@@ -570,5 +577,5 @@ def test_validation_images_from_folders_and_lists_picked_evenly(tmp_path):
     assert pick_images(files, 2) == [files[0], files[2]] and pick_images(files, 3) == files
     assert pick_images(files, 1) == [files[0]] and pick_images(files, 9) == files
     data.write_text(f"path: {root}\ntrain: val/a\nval: val/missing\nnames: [x]\n")
-    with pytest.raises(PicturesUnavailable, match="val/missing do not exist"):
+    with pytest.raises(PicturesUnavailable, match="images not found.*val/missing"):
         val_images(data)

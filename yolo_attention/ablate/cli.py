@@ -327,7 +327,13 @@ def _pictures(out: Path, sweep: Sweep, results, store: Store, data_yaml: str, n:
     from .pictures import draw_pictures
     from .report_html import append_pictures_markdown
 
-    pics = draw_pictures(out, sweep, results, store, data_yaml, n)
+    try:
+        pics = draw_pictures(out, sweep, results, store, data_yaml, n)
+    except Exception as e:  # noqa: BLE001  (draw_pictures notes each variant's failure; this is a last guard)
+        from .pictures import Pictures
+
+        pics = Pictures(notes=[f"no pictures: {type(e).__name__}: {e}"])
+        print(f"yolo-attention ablate: warning: no pictures: {type(e).__name__}: {e}", file=sys.stderr)
     append_pictures_markdown(out, pics)
     return pics
 

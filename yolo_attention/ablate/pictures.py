@@ -92,20 +92,6 @@ def explained_runs(sweep: Sweep) -> frozenset[str]:
 # ----------------------------------------------------------------------------- images
 
 
-def _datasets_dir() -> Path:
-    from ultralytics.utils import SETTINGS
-
-    return Path(SETTINGS["datasets_dir"])
-
-
-def _val_root(data_yaml: Path, d: dict) -> Path:
-    """The dataset root as ultralytics resolves it: ``path`` (cwd-relative, else under its datasets dir)."""
-    root = Path(str(d.get("path") or data_yaml.parent)).expanduser()
-    if not root.exists() and not root.is_absolute():
-        root = _datasets_dir() / root
-    return root
-
-
 def _listed(txt: Path) -> list[Path]:
     """A ``.txt`` list of images; ``./`` lines are relative to the list's folder (as ultralytics reads them)."""
     lines = [s.strip() for s in txt.read_text().splitlines() if s.strip()]
@@ -113,30 +99,28 @@ def _listed(txt: Path) -> list[Path]:
 
 
 def val_images(data_yaml: str | Path) -> list[Path]:
-    """The validation images of an ultralytics data YAML (folders, ``.txt`` lists or files), sorted."""
-    import yaml
+    """The validation images of an ultralytics data YAML (folders, read recursively, ``.txt`` lists or files),
+    sorted; the paths are resolved by ultralytics' ``check_det_dataset``, as for training."""
+    from ultralytics.data.utils import check_det_dataset
 
     from ..explain.sources import IMAGE_SUFFIXES
 
-    data_yaml = Path(data_yaml)
     try:
-        d = yaml.safe_load(data_yaml.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise PicturesUnavailable(f"cannot read the data YAML {data_yaml}: {e}") from None
-    if not isinstance(d, dict) or not d.get("val"):
+        d = check_det_dataset(str(data_yaml), autodownload=False)
+    except Exception as e:  # noqa: BLE001  (ultralytics raises several types for an unusable YAML)
+        msg = " ".join(str(e).split())
+        raise PicturesUnavailable(f"the data YAML {data_yaml} cannot be read here: {msg}") from None
+    if not d.get("val"):
         raise PicturesUnavailable(f"the data YAML {data_yaml} names no 'val' images")
-    root = _val_root(data_yaml, d)
     files: list[Path] = []
     for entry in d["val"] if isinstance(d["val"], list) else [d["val"]]:
-        target = root / str(entry)
+        target = Path(entry)
         if target.is_dir():
             files += [f for f in target.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
-        elif target.is_file() and target.suffix == ".txt":
+        elif target.suffix == ".txt":
             files += [f for f in _listed(target) if f.is_file()]
-        elif target.is_file():
-            files.append(target)
         else:
-            raise PicturesUnavailable(f"the validation images {target} do not exist on this machine")
+            files.append(target)
     if not files:
         raise PicturesUnavailable(f"no validation images found from {data_yaml}")
     return sorted(set(files))
@@ -192,8 +176,11 @@ def _kept(folder: Path, ident: dict, v: Variant, label: str) -> Drawn | None:
     rec = folder / RECORD
     if not rec.is_file():
         return None
-    d = read_json(rec)
-    pictures = tuple(Picture(folder / p["path"], p["title"], p["group"]) for p in d.get("pictures", []))
+    try:
+        d = read_json(rec)
+        pictures = tuple(Picture(folder / p["path"], p["title"], p["group"]) for p in d["pictures"])
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged record: drawn again
+        return None
     if d.get("identity") != ident or not pictures or not all(p.path.is_file() for p in pictures):
         return None
     return Drawn(v, label, folder, pictures, tuple(d.get("notes", [])), reused=True)
