@@ -65,11 +65,16 @@ def registry_snapshot():
     try:
         yield
     finally:
+        changed = [info for name, info in reg.items() if registry._REGISTRY.get(name) is not info]
         registry._REGISTRY.clear()
         registry._REGISTRY.update(reg)
         registry._LOOKUP.clear()
         registry._LOOKUP.update(lookup)
         registry._LISTENERS[:] = listeners
+        # Detector namespaces were re-bound to the test's entries; bind the restored ones again.
+        for info in changed:
+            for fn in listeners:
+                fn(info)
 
 
 ALL_NAMES: list[str] = BUILTIN_NAMES + [registry._normalise(USER_NAME)]

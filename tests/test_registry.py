@@ -345,7 +345,8 @@ def test_unregister_attention(clean_registry):
         assert key not in registry._LOOKUP
     with pytest.raises(KeyError):
         unregister_attention("bam")
-    register_attention("bam", kind="hybrid", paper=info.paper, arxiv=info.arxiv, aliases=info.aliases)(BAM)
+    register_attention("bam", kind="hybrid", paper=info.paper, arxiv=info.arxiv, aliases=info.aliases,
+                       taps=info.taps)(BAM)
     assert get_attention_info("bottleneck_attention_module").cls is BAM
 
 

@@ -26,7 +26,6 @@ machine) under ``benchmarks/results/`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
 import json
 import os
@@ -39,11 +38,12 @@ import weakref
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["main", "run_bench", "machine_info", "parse_shapes", "DEFAULT_SHAPES", "COLUMNS"]
+from .utils import thop_flops
+
+__all__ = ["main", "run_bench", "machine_info", "time_ms", "peak_mb", "parse_shapes", "DEFAULT_SHAPES", "COLUMNS"]
 
 # P3/P4/P5 maps of a 640x640 input (strides 8/16/32) at the YOLOv8 n and s widths
 DEFAULT_SHAPES = {
@@ -188,7 +188,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_ms(fn, warmup: int, repeats: int, device: torch.device) -> tuple[float, float]:
+def time_ms(fn, warmup: int, repeats: int, device: torch.device) -> tuple[float, float]:
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -201,7 +201,7 @@ def _time_ms(fn, warmup: int, repeats: int, device: torch.device) -> tuple[float
     return statistics.median(times), min(times)
 
 
-def _peak_mb(fn, device: torch.device) -> float:
+def peak_mb(fn, device: torch.device) -> float:
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -213,20 +213,6 @@ def _peak_mb(fn, device: torch.device) -> float:
     with tracker:
         fn()
     return tracker.peak / 2**20
-
-
-def _thop_flops(module: nn.Module, x: torch.Tensor) -> int | None:
-    try:
-        import thop
-    except ImportError:
-        return None
-    m = copy.deepcopy(module).eval()
-    try:
-        with torch.no_grad():
-            macs, _ = thop.profile(m, inputs=(x,), verbose=False)
-    except Exception:  # noqa: BLE001 - as ultralytics' get_flops, a thop failure gives no figure
-        return None
-    return int(round(2 * float(macs)))  # ultralytics reports 2 x thop's multiply-accumulates
 
 
 def bench_one(
@@ -269,7 +255,7 @@ def bench_one(
     row["flops_by_op"] = fwd.by_op
     if fwd.uncounted:
         row["uncounted_ops"] = fwd.uncounted
-    row["flops_thop"] = _thop_flops(module, x) if thop else None
+    row["flops_thop"] = thop_flops(module, x) if thop else None
     row["flops_train"] = count_flops(module, x, training=True).total if backward else None
 
     module.eval()
@@ -278,8 +264,8 @@ def bench_one(
         with torch.no_grad():
             module(x)
 
-    row["fwd_ms"], row["fwd_ms_min"] = _time_ms(forward, warmup, repeats, device)
-    row["peak_fwd_mb"] = _peak_mb(forward, device)
+    row["fwd_ms"], row["fwd_ms_min"] = time_ms(forward, warmup, repeats, device)
+    row["peak_fwd_mb"] = peak_mb(forward, device)
 
     if backward:
         module.train()
@@ -292,10 +278,10 @@ def bench_one(
             xg.grad = None
             module(xg).backward(grad)
 
-        row["fwd_bwd_ms"], row["fwd_bwd_ms_min"] = _time_ms(forward_backward, warmup, repeats, device)
+        row["fwd_bwd_ms"], row["fwd_bwd_ms_min"] = time_ms(forward_backward, warmup, repeats, device)
         module.zero_grad(set_to_none=True)
         xg.grad = None
-        row["peak_fwd_bwd_mb"] = _peak_mb(forward_backward, device)
+        row["peak_fwd_bwd_mb"] = peak_mb(forward_backward, device)
         module.zero_grad(set_to_none=True)
     else:
         row["fwd_bwd_ms"] = row["fwd_bwd_ms_min"] = row["peak_fwd_bwd_mb"] = None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from ..utils import write_json_atomic
 
 __all__ = ["UsageError", "write_json", "read_json", "fmt_time"]
 
@@ -15,12 +16,7 @@ class UsageError(Exception):
     """A bad argument: reported before any training starts (exit code 2), with what to change."""
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (a reader never sees half a file, also after a crash)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+write_json = write_json_atomic  # one writer for the package (yolo_attention.utils)
 
 
 def read_json(path: Path) -> Any:

@@ -107,9 +107,9 @@ class _Bench:
 
 
 def _timed_ms(fn, runs: int, device) -> float:
-    from ..bench import _time_ms
+    from ..bench import time_ms
 
-    return _time_ms(fn, 0, runs, device)[0]
+    return time_ms(fn, 0, runs, device)[0]
 
 
 def _build(spec: CostSpec, v: Variant, nc: int | None):
@@ -155,7 +155,7 @@ def measure_costs(spec: CostSpec, data_yaml: str | None = None) -> CostReport:
 
     import yolo_attention  # noqa: F401
 
-    from ..bench import _peak_mb, machine_info
+    from ..bench import peak_mb, machine_info
     from .build import data_nc, import_user_modules
 
     t0 = time.time()
@@ -175,7 +175,7 @@ def measure_costs(spec: CostSpec, data_yaml: str | None = None) -> CostReport:
         results.append(VariantCost(
             v.name, **static[v.name], latency_b1_ms=t["b1"], latency_batch_ms=t["batch"],
             train_images_per_s=spec.batch / (t["step"] / 1e3),
-            train_peak_mem_mb=_peak_mb(benches[v.name].train_step, device)))
+            train_peak_mem_mb=peak_mb(benches[v.name].train_step, device)))
     memory = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
               else "peak size of the tensors alive during the step (yolo_attention.bench's tracker)")
     return CostReport(fingerprint=spec.fingerprint, device=_device_name(device), imgsz=spec.imgsz, batch=spec.batch,

@@ -188,8 +188,6 @@ def _threads(n: int | None, result: RunResult):
 
 
 def _train(task: TrainTask, result: RunResult, events: _Events) -> None:
-    import torch
-
     import yolo_attention  # noqa: F401  (registers the modules with ultralytics)
 
     from .build import build_variant, data_nc, import_user_modules

@@ -55,6 +55,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..utils import write_json_atomic
+
 __all__ = [
     "SHAPES",
     "DEFAULT_CLASSES",
@@ -647,12 +649,6 @@ def _yaml_text(root: Path, classes: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _expected_files(out: Path, cfg: SyntheticConfig) -> Iterable[Path]:
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val)):
         for i in range(n):
@@ -781,7 +777,7 @@ def generate_synthetic(
     out.mkdir(parents=True, exist_ok=True)
     _clear(out)
     manifest = {"generator": "yolo_attention.data.synthetic", "generator_version": GENERATOR_VERSION, "options": cfg.to_dict()}
-    _write_json_atomic(out / MANIFEST_NAME, {**manifest, "complete": False})
+    write_json_atomic(out / MANIFEST_NAME, {**manifest, "complete": False})
 
     stats = {}
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val)):
@@ -810,7 +806,7 @@ def generate_synthetic(
 
     yaml_path.write_text(yaml_text)
     digest = _files_digest(out, cfg)
-    _write_json_atomic(out / MANIFEST_NAME, {**manifest, "complete": True, "stats": stats, "files_sha256": digest})
+    write_json_atomic(out / MANIFEST_NAME, {**manifest, "complete": True, "stats": stats, "files_sha256": digest})
     if verbose:
         n_inst = sum(s["instances"] for s in stats.values())
         print(

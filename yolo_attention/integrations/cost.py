@@ -8,7 +8,6 @@ softmaxes, top-k, gathers and elementwise gates of attention modules are free to
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,15 +83,15 @@ def ultralytics_gflops(model: nn.Module, imgsz: int = 640) -> tuple[float, str]:
             return value, "get_flops"
     except Exception:  # noqa: BLE001 - any failure falls back to the explicit thop call below
         pass
-    try:
-        import thop
-        import torch
-    except ImportError:
-        return 0.0, "unavailable (thop not installed)"
+    import torch
+
+    from ..utils import thop_flops
+
     p = next(model.parameters())
-    im = torch.zeros((1, 3, imgsz, imgsz), device=p.device, dtype=p.dtype)
-    macs = thop.profile(copy.deepcopy(model), inputs=[im], verbose=False)[0]
-    return float(macs / 1e9 * 2), "thop at full size"
+    flops = thop_flops(model, torch.zeros((1, 3, imgsz, imgsz), device=p.device, dtype=p.dtype))
+    if flops is None:
+        return 0.0, "unavailable (thop not installed or failed)"
+    return flops / 1e9, "thop at full size"
 
 
 def _attention_classes() -> tuple[type, ...]:

@@ -11,7 +11,9 @@ its renumbered place, so
   ``gamma = 0`` (:class:`~yolo_attention.modules.gated.GatedAttention`): the detector's
   outputs are unchanged until training moves gamma. A per-channel blend works for every
   registered module; zero-initialising a last layer would not (SE and BAM gate
-  multiplicatively, so a zeroed layer gives a gate of 0.5, not the identity).
+  multiplicatively, so a zeroed layer gives a gate of 0.5, not the identity). Residual blocks
+  that already start as the identity (A2, GC, Non-local, Criss-Cross) are inserted ungated:
+  inside a gate they would get no gradient (:func:`~yolo_attention.modules.gated.identity_start`).
 """
 
 from __future__ import annotations

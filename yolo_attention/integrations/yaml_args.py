@@ -11,7 +11,7 @@ channel count comes from the builder's own bookkeeping, which the adapter reads
     [-1, 1, SE, [1024, 0.25]]                a leading int is an explicit channel count, in the
                                              YAML's own (unscaled) units; it must match the input
     [-1, 1, BiLevelRoutingAttention, [{num_heads: 4, topk: 2}]]   keywords as a trailing mapping
-    [-1, 1, BAM, [{gated: true}]]            wrap in GatedAttention (starts as the identity)
+    [-1, 1, BAM, [{gated: true}]]            start as the identity (identity_start)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
-from ..modules.gated import GatedAttention
+from ..modules.gated import identity_start
 from ..registry import AttentionInfo
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def build_from_row(info: AttentionInfo, args: tuple, call: BuilderCall | None) -
         params = [p for p in sig.parameters if p not in ("self", "channels")]
         raise TypeError(f"{name}: bad YAML arguments {args + ([kwargs] if kwargs else [])}: {e}; accepts {params}") from None
     module = cls(c_in, *args, **kwargs)
-    return GatedAttention(module, c_in) if gated else module
+    return identity_start(module, c_in) if gated else module
 
 
 def __getattr__(name: str):

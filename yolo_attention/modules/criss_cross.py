@@ -96,6 +96,7 @@ class CrissCrossAttention(nn.Module):
         self.key = nn.Conv2d(channels, rd_channels, 1, bias=False)  # a bias would cancel in the softmax
         self.value = nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
+        self.starts_as_identity = True  # read by identity_start: no gate when inserted into a trained detector
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)

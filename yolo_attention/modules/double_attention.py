@@ -107,6 +107,8 @@ class DoubleAttention(nn.Module):
         if zero_init:
             nn.init.zeros_(self.reconstruct.weight)
             nn.init.zeros_(self.reconstruct.bias)
+        # read by identity_start: inserted into a trained detector, it needs no gate
+        self.starts_as_identity = self.residual and bool(zero_init)
 
     def _add_softmaxes(self) -> None:
         self.map_softmax = _Softmax32(dim=2)  # over the L positions: c_n attention maps

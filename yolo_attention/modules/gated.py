@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["GatedAttention"]
+__all__ = ["GatedAttention", "identity_start"]
 
 
 class GatedAttention(nn.Module):
@@ -29,3 +29,16 @@ class GatedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.gamma * (self.attn(x) - x)
+
+
+def identity_start(module: nn.Module, channels: int) -> nn.Module:
+    """``module`` made to start as the identity for insertion into a trained network.
+
+    A module that already starts as the identity (a residual block whose last layer is zero-initialised,
+    declared by ``module.starts_as_identity = True``: A2, GC, Non-local, Criss-Cross) is returned as it is.
+    Gating it would freeze it: ``attn(x) - x`` is exactly 0, so gamma gets no gradient, and the block's
+    parameters get none while gamma is 0. Every other module is wrapped in :class:`GatedAttention`.
+    """
+    if getattr(module, "starts_as_identity", False):
+        return module
+    return GatedAttention(module, channels)

@@ -109,6 +109,7 @@ class GlobalContext(nn.Module):
         self.add_transform = _transform(channels, rd_channels, act) if fusion in ("add", "both") else None
         self.scale_transform = _transform(channels, rd_channels, act) if fusion in ("scale", "both") else None
         self.gate = nn.Sigmoid() if self.scale_transform is not None else None
+        self.starts_as_identity = fusion == "add"  # zeroed last layer; a sigmoid gate starts at 0.5 instead
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)

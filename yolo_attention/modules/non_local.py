@@ -104,6 +104,7 @@ class NonLocalBlock(nn.Module):
         else:
             self.norm = norm_layer(channels)
             nn.init.zeros_(self.norm.weight)  # BN scale 0: the block starts as the identity (paper Sec. 4.1)
+        self.starts_as_identity = True  # read by identity_start: no gate when inserted into a trained detector
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
