@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,9 +285,12 @@ def draw_pictures(out: Path, sweep: Sweep, results: dict[str, RunResult], store:
         base = _load_baseline(base_ck, options) if others else _Baseline(None, None, "")
         drawn = []
         for ck in todo:
+            t = time.perf_counter()
             d = _one(out, ck, base, images, options)
+            took = f" in {time.perf_counter() - t:.1f} s"
             log(f"  {ck.label}: " + ("kept (same checkpoints and images)" if d.reused else
-                                     f"{len(d.pictures)} picture(s)" if d.pictures else f"no pictures: {d.why_not}"))
+                                     f"{len(d.pictures)} picture(s){took}" if d.pictures else
+                                     f"no pictures: {d.why_not}"))
             drawn.append(d)
     finally:
         torch.set_num_threads(threads)
