@@ -69,10 +69,7 @@ def _html_pictures(pics: Pictures) -> list:
 
 
 def _html_notes(sweep: Sweep, costs: CostReport | None, pics: Pictures | None) -> list[str]:
-    notes = [n.removeprefix("- ") for n in report_notes(sweep, costs)]
-    if len(sweep.seeds) == 1:
-        notes.append("One seed: every interval covers validation-set sampling only, not seed-to-seed variation; "
-                     "train with --seeds 3 or more before concluding that a variant is better or worse.")
+    notes = [n.removeprefix("- ") for n in report_notes(sweep, costs)]  # the one-seed caveat is among them
     if pics is None:
         return notes
     if pics.variants:
