@@ -579,3 +579,29 @@ def test_validation_images_from_folders_and_lists_picked_evenly(tmp_path):
     data.write_text(f"path: {root}\ntrain: val/a\nval: val/missing\nnames: [x]\n")
     with pytest.raises(PicturesUnavailable, match="images not found.*val/missing"):
         val_images(data)
+
+
+def test_damaged_record_is_drawn_again_and_a_failing_pictures_step_is_a_note(tmp_path, monkeypatch, capsys):
+    """An unreadable explain.json means 'draw again', not a crash; an unexpected error anywhere in the pictures
+    step becomes a note in results.md (and a warning), never a failed sweep."""
+    from yolo_attention.ablate import cli, pictures
+    from yolo_attention.ablate.spec import parse_variants
+
+    se = parse_variants("se")[0]
+    folder = tmp_path / "explain" / se.dirname
+    folder.mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"")
+    for damaged in ("{not json", '{"identity": {}}', '{"identity": {}, "pictures": [3]}'):
+        (folder / pictures.RECORD).write_text(damaged)
+        assert pictures._kept(folder, {}, se, "se") is None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing broke")
+
+    monkeypatch.setattr(pictures, "draw_pictures", broken)
+    (tmp_path / "results.md").write_text("# Ablation\n")
+    pics = cli._pictures(tmp_path, None, {}, None, "data.yaml", 4)
+    assert pics.variants == [] and pics.notes == ["no pictures: RuntimeError: drawing broke"]
+    assert "- no pictures: RuntimeError: drawing broke" in (tmp_path / "results.md").read_text()
+    assert "warning: no pictures" in capsys.readouterr().err
+    assert cli._pictures(tmp_path, None, {}, None, "data.yaml", 0) is None  # --explain 0: not even called
