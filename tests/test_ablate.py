@@ -16,8 +16,8 @@ pytest.importorskip("ultralytics")
 
 from yolo_attention.ablate import main  # noqa: E402
 
-TINY = ["--epochs", "1", "--imgsz", "64", "--batch", "4", "--n-train", "8", "--n-val", "4", "--device", "cpu",
-        "--cpus-per-run", "1"]
+TINY = ["--epochs", "1", "--base-epochs", "0", "--imgsz", "64", "--batch", "4", "--n-train", "8", "--n-val", "4",
+        "--device", "cpu", "--cpus-per-run", "1"]
 
 FAILING_MODULE = '''
 import torch.nn as nn
@@ -277,7 +277,7 @@ def test_base_stage_then_fine_tuned_variants(tmp_path, capsys):
     import torch
 
     out = tmp_path / "out"
-    argv = ["--attn", "se", "--base-epochs", "1", "--out", str(out), *TINY, "--epochs", "2", "--val-every", "2"]
+    argv = ["--attn", "se", "--out", str(out), *TINY, "--base-epochs", "1", "--epochs", "2", "--val-every", "2"]
     rc, stdout, _ = _run(argv, capsys)
     assert rc == 0, stdout
     base, se = _result(out, "base"), _result(out, "se@neck")
@@ -605,3 +605,26 @@ def test_damaged_record_is_drawn_again_and_a_failing_pictures_step_is_a_note(tmp
     assert "- no pictures: RuntimeError: drawing broke" in (tmp_path / "results.md").read_text()
     assert "warning: no pictures" in capsys.readouterr().err
     assert cli._pictures(tmp_path, None, {}, None, "data.yaml", 0) is None  # --explain 0: not even called
+
+
+def test_presets_fill_what_the_user_left_out(tmp_path):
+    """No --data: a base stage on the generated data, then short fine-tunes; --data: ultralytics' own defaults.
+    An option given on the command line always wins; a scratch sweep never gets the fine-tuning arguments."""
+    from yolo_attention.ablate.cli import DEFAULTS, _fix_greedy_options, build_parser, prepare
+
+    def sweep(*argv):
+        a = build_parser().parse_args(["--attn", "none,se", "--out", str(tmp_path / "o"), *argv])
+        _fix_greedy_options(a)
+        return prepare(a)[0]
+
+    g = sweep()
+    assert (g.base.epochs, g.train.epochs, g.train.imgsz, g.train.batch) == (4, 2, 128, 8)
+    assert g.train.train_args["fraction"] == 250 and "fraction" not in g.base.train_args and g.gated
+    assert g.data.synthetic["min_size"] == 0.15 and g.data.synthetic["n_train"] == DEFAULTS.n_train
+    scratch = sweep("--base-epochs", "0", "--imgsz", "64", "lr0=0.01")
+    assert scratch.base is None and not scratch.gated and "fraction" not in scratch.train.train_args
+    assert scratch.train.train_args["lr0"] == 0.01 and scratch.train.imgsz == 64
+    data = tmp_path / "d.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames: [a, b]\n")
+    u = sweep("--data", str(data))
+    assert (u.base, u.train.epochs, u.train.imgsz, u.train.batch, u.train.train_args) == (None, 25, 640, 16, {})

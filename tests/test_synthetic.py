@@ -162,6 +162,19 @@ def test_min_visible_is_honoured():
         assert vis and min(vis) >= mv - 1e-3
 
 
+def test_size_range_is_honoured():
+    """Amodal boxes span the configured diameters (a box side is about a diameter, up to rotation and shape)."""
+    cfg = SyntheticConfig(seed=1, imgsz=128, min_size=0.1, max_size=0.3)
+    objs = [o for i in range(30) for o in render_sample(cfg, "train", i).objects]
+    sides = np.array([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) / cfg.imgsz for o in objs])
+    assert len(sides) >= 40
+    assert sides.min() >= 0.1 * 0.7 and np.median(sides) < 0.3  # truncation by the border can shrink a box a bit
+    assert sides.max() <= 0.3 * 1.2  # a square's diagonal, or a stretched shape, is a little longer than the diameter
+    default = np.array([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) / 128
+                        for i in range(30) for o in render_sample(SyntheticConfig(seed=1, imgsz=128), "train", i).objects])
+    assert default.min() < 0.1 * 0.7  # the default range reaches smaller objects
+
+
 def test_not_trivially_easy():
     """Statistics of the default dataset: varied counts, scales, occlusion and clutter."""
     cfg = SyntheticConfig(seed=0)
@@ -239,6 +252,9 @@ def test_manifest_reuse_and_regeneration(tmp_path):
         (dict(min_visible=1.5), "min_visible"),
         (dict(clutter=-1.0), "clutter"),
         (dict(max_objects=0), "max_objects"),
+        (dict(min_size=0.0), "min_size"),
+        (dict(max_size=1.5), "max_size"),
+        (dict(min_size=0.3, max_size=0.2), "smaller than max_size"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):

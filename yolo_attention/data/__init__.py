@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         help="least visible fraction of a labelled object; placements that would hide more are re-drawn (default: 0.4)",
     )
     p.add_argument("--clutter", type=float, default=1.0, help="multiplier of unlabelled distractors, 0 = none (default: 1)")
+    p.add_argument("--min-size", type=float, default=0.05,
+                   help="smallest object diameter, fraction of the image side (at least 8 px; default: 0.05)")
+    p.add_argument("--max-size", type=float, default=0.45,
+                   help="largest object diameter, fraction of the image side (default: 0.45)")
     p.add_argument("--force", action="store_true", help="regenerate even if --out holds the same dataset")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the data YAML path")
     return parser
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             max_objects=args.max_objects,
             min_visible=args.min_visible,
             clutter=args.clutter,
+            min_size=args.min_size,
+            max_size=args.max_size,
             force=args.force,
             verbose=not args.quiet,
         )

@@ -9,8 +9,8 @@ not saturate it after a few epochs, and built so that context can matter:
 * **hard negatives.** Unlabelled clutter is drawn from shapes that look like the classes
   without being them (elongated ellipses next to circles, long bars next to squares,
   irregular blobs next to stars and hexagons), plus lines, arcs and dot clusters.
-* **scale variation.** Object diameters are log-uniform between about 5 % and 45 % of the
-  image side, so P3, P4 and P5 all get work.
+* **scale variation.** Object diameters are log-uniform between ``min_size`` and ``max_size``
+  of the image side (default 5 % to 45 %, and at least 8 px), so P3, P4 and P5 all get work.
 * **partial occlusion.** Objects are painted in z-order and often placed next to an earlier
   object, so later objects and foreground clutter hide parts of earlier ones.
 * **textured backgrounds** from gradients, low-frequency noise, stripes, blotches and pixel
@@ -133,6 +133,8 @@ class SyntheticConfig:
     max_objects: int = 8
     min_visible: float = 0.4
     clutter: float = 1.0
+    min_size: float = 0.05  # object diameter range, fraction of the image side (log-uniform)
+    max_size: float = 0.45
 
     def __post_init__(self) -> None:
         classes = self.classes
@@ -156,12 +158,16 @@ class SyntheticConfig:
         _int("n_val", 1, _MAX_COUNT - 1)
         _int("imgsz", _MIN_IMGSZ, _MAX_IMGSZ)
         _int("max_objects", 1, 64)
-        for name, lo, hi, lo_open in (("min_visible", 0.0, 1.0, True), ("clutter", 0.0, 10.0, False)):
+        ranges = (("min_visible", 0.0, 1.0, True), ("clutter", 0.0, 10.0, False), ("min_size", 0.0, 1.0, True),
+                  ("max_size", 0.0, 1.0, True))
+        for name, lo, hi, lo_open in ranges:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
                 raise ValueError(f"{name} must be a number, got {v!r}")
             if not math.isfinite(v) or not (lo < v <= hi if lo_open else lo <= v <= hi):
                 raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
+        if self.min_size >= self.max_size:
+            raise ValueError(f"min_size must be smaller than max_size, got {self.min_size} and {self.max_size}")
         if not self.classes:
             raise ValueError("classes must name at least one shape")
         unknown = [c for c in self.classes if c not in SHAPES]
@@ -175,6 +181,8 @@ class SyntheticConfig:
         d["classes"] = list(self.classes)
         d["min_visible"] = float(self.min_visible)
         d["clutter"] = float(self.clutter)
+        d["min_size"] = float(self.min_size)
+        d["max_size"] = float(self.max_size)
         for k in ("seed", "n_train", "n_val", "imgsz", "max_objects"):
             d[k] = int(d[k])
         return d
@@ -488,14 +496,15 @@ def _fill(rng: np.random.Generator, colour: np.ndarray, shape: tuple[int, int]) 
     return colour * (1 - t) + shade * t
 
 
-def _size_range(S: int) -> tuple[float, float]:
-    """Object radius range in pixels: diameters of ~5 % (at least 8 px) to 45 % of the side."""
-    return max(4.0, 0.025 * S), 0.225 * S
+def _size_range(cfg: SyntheticConfig) -> tuple[float, float]:
+    """Object radius range in pixels: diameters of ``min_size`` (at least 8 px) to ``max_size`` of the side."""
+    S = cfg.imgsz
+    return max(4.0, cfg.min_size * S / 2), max(cfg.max_size * S / 2, 4.5)
 
 
 def _try_object(rng, canvas: _Canvas, cfg: SyntheticConfig, cls: int, centres) -> tuple | None:
     S = cfg.imgsz
-    rmin, rmax = _size_range(S)
+    rmin, rmax = _size_range(cfg)
     radius = math.exp(rng.uniform(math.log(rmin), math.log(rmax)))
     if centres and rng.random() < _NEAR_P:  # next to an earlier object: occlusion
         ox, oy, orad = centres[int(rng.integers(len(centres)))]
@@ -529,8 +538,9 @@ def _try_object(rng, canvas: _Canvas, cfg: SyntheticConfig, cls: int, centres) -
     return sl, m, area, inside, (bx0, by0, bx1, by1), (cx, cy, radius)
 
 
-def _distractor_ops(rng: np.random.Generator, S: int, foreground: bool) -> list[tuple]:
-    rmin, rmax = _size_range(S)
+def _distractor_ops(rng: np.random.Generator, cfg: SyntheticConfig, foreground: bool) -> list[tuple]:
+    S = cfg.imgsz
+    rmin, rmax = _size_range(cfg)
     cx, cy = rng.uniform(-0.05, 1.05) * S, rng.uniform(-0.05, 1.05) * S
     kinds = ("line", "line", "arc", "dots", "bar") if foreground else ("blob", "ellipse", "bar", "line", "arc", "dots")
     kind = kinds[int(rng.integers(len(kinds)))]
@@ -571,7 +581,7 @@ def _distractor_ops(rng: np.random.Generator, S: int, foreground: bool) -> list[
 
 def _paint_distractor(rng, canvas: _Canvas, cfg: SyntheticConfig, foreground: bool) -> bool:
     for _ in range(3 if foreground else 1):
-        mask, x0, y0 = _raster(_distractor_ops(rng, cfg.imgsz, foreground))
+        mask, x0, y0 = _raster(_distractor_ops(rng, cfg, foreground))
         colour = _distractor_colour(rng, len(cfg.classes))
         clipped = canvas.clip(mask, x0, y0)
         if clipped is None:
@@ -737,6 +747,8 @@ def generate_synthetic(
     max_objects: int = 8,
     min_visible: float = 0.4,
     clutter: float = 1.0,
+    min_size: float = 0.05,
+    max_size: float = 0.45,
     force: bool = False,
     verbose: bool = False,
 ) -> Path:
@@ -759,6 +771,8 @@ def generate_synthetic(
         max_objects=max_objects,
         min_visible=min_visible,
         clutter=clutter,
+        min_size=min_size,
+        max_size=max_size,
     )
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
