@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +117,119 @@ def test_resume_reruns_nothing(first_run, capsys):
     _, out = first_run
     results = out / "runs" / "se@neck" / "seed0" / "result.json"
     before = (results.stat().st_mtime_ns, results.read_text(), (out / "results.csv").read_text())
+    pictures = {p: p.stat().st_mtime_ns for p in (out / "explain").rglob("*.png")}
     rc, stdout, _ = _run(["--attn", "none,se", "--seeds", "2", "--out", str(out), *TINY], capsys)
     assert rc == 0
     assert "skipped none/seed0" in stdout and "skipped se@neck/seed1" in stdout and "0 run(s) to train" in stdout
     assert "measuring costs" not in stdout  # the side-by-side costs of the same variants are kept too
     assert results.stat().st_mtime_ns == before[0] and results.read_text() == before[1]
     assert (out / "results.csv").read_text() == before[2]
+    # the pictures of the same checkpoints and images are kept, not drawn again
+    assert "se: kept (same checkpoints and images)" in stdout
+    assert pictures and {p: p.stat().st_mtime_ns for p in (out / "explain").rglob("*.png")} == pictures
+
+
+def _md_links(md: str) -> list[str]:
+    from urllib.parse import unquote
+
+    return [unquote(t) for t in re.findall(r"\]\(([^)]+)\)", md)]
+
+
+class _Page(HTMLParser):
+    """The rows of report.html's tables and the sources of its images; fails on a tag closed out of order
+    or left open (HTMLParser itself accepts anything)."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.images, self._cell, self._open = [], [], None, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self._open.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+        elif tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        assert self._open and self._open.pop() == tag, f"</{tag}> closes nothing open"
+        if tag in ("td", "th"):
+            self.rows[-1].append(self._cell)
+            self._cell = None
+
+
+def _page(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    assert not page._open, f"{path}: tags left open: {page._open}"
+    return page
+
+
+@pytest.mark.slow
+def test_pictures_next_to_the_baseline_in_results_md_and_report_html(first_run):
+    """--explain (default 4 on the generated data): the baseline's and SE's seed-0 weights side by side on the
+    validation images; results.md links every picture; report.html holds the table, the plot and the pictures."""
+    import base64
+    import hashlib
+
+    _, out = first_run
+    folder = out / "explain" / "se@neck"
+    record = json.loads((folder / "explain.json").read_text())
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    weights = [out / "runs" / v / "seed0" / "train" / "weights" / "last.pt" for v in ("none", "se@neck")]
+    assert record["identity"]["models"] == [["none", sha(weights[0])], ["se", sha(weights[1])]]
+    images = sorted((out / "data" / "images" / "val").glob("*.png"))
+    assert [name for name, _ in record["identity"]["images"]] == [p.name for p in images]  # 4 of 4
+    assert not (out / "explain" / "none").exists()  # the baseline is drawn next to every variant
+    pictures = {folder / p["path"] for p in record["pictures"]}
+    assert {p.name for p in pictures if p.parent.name == "detections"} == {p.name for p in images}
+    assert folder / "attention" / "se" / "channels.png" in pictures
+    # explain's own page of the pair lists both models
+    assert [r[0] for r in _page(folder / "report.html").rows[1:]] == ["none", "se"]
+    md = (out / "results.md").read_text()
+    links = _md_links(md[md.index("## Pictures"):])
+    assert all((out / link).is_file() for link in links), links
+    assert pictures <= {out / link for link in links} and "report.html" in links
+    page = _page(out / "report.html")
+    table = {r[0]: r for r in page.rows if r and r[0] in ("none", "se")}
+    assert set(table) == {"none", "se"} and table["none"][-1] == "baseline"
+    assert table["se"][-1].startswith(("better", "worse", "no clear difference"))
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in page.images}
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert (out / "results.png").read_bytes() in embedded
+    assert {p.read_bytes() for p in pictures} <= embedded and len(page.images) == len(pictures) + 1
+
+
+@pytest.mark.slow
+def test_other_images_are_drawn_again_and_explain_0_draws_none(first_run, capsys):
+    """Other images (--explain 2): drawn again, and only theirs stay; --explain 0 draws nothing and touches
+    nothing, and report.html still has the table and the plot."""
+    _, out = first_run
+    argv = ["--attn", "none,se", "--seeds", "2", "--out", str(out), *TINY]
+    rc, stdout, _ = _run(argv + ["--explain", "2"], capsys)
+    assert rc == 0 and "se: 3 picture(s)" in stdout
+    folder = out / "explain" / "se@neck"
+    # evenly spaced over the sorted images: the first and the last
+    assert sorted(p.name for p in (folder / "detections").iterdir()) == ["000000.png", "000003.png"]
+    md = (out / "results.md").read_text()
+    assert "detections and CAMs: [000000](explain/se@neck/detections/000000.png) [000003]" in md
+    kept = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    rc, stdout, _ = _run(argv + ["--explain", "0"], capsys)
+    assert rc == 0 and "drawing pictures" not in stdout and "## Pictures" not in (out / "results.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == kept
+    page = _page(out / "report.html")
+    assert len(page.images) == 1 and [r[0] for r in page.rows].count("se") == 1
+    rc, stdout, _ = _run(argv, capsys)  # back to the default 4 images for the tests that follow
+    assert rc == 0 and "se: 5 picture(s)" in stdout
 
 
 @pytest.mark.slow
@@ -149,6 +258,10 @@ def test_determinism_and_failing_variant(first_run, tmp_path, capsys):
     rows = {r["variant"]: r for r in csv.DictReader(open(out2 / "results.csv"))}
     assert rows["failtest@neck"]["status"] == "failed" and "injected failure" in rows["failtest@neck"]["error"]
     assert rows["se@neck"]["status"] == "ok"
+    # the failed variant gets a note instead of pictures; the others are drawn
+    md = (out2 / "results.md").read_text()
+    assert "- **failtest**: no pictures: its runs failed" in md and "- **se** next to none:" in md
+    assert "failtest: no pictures: its runs failed" in (out2 / "report.html").read_text()
     # with one seed the interval covers validation sampling only, and the report says so
     assert "validation sampling only" in rows["se@neck"]["verdict_text"]
     assert rows["se@neck"]["verdict"] in ("better", "worse", "no clear difference")
@@ -175,6 +288,9 @@ def test_base_stage_then_fine_tuned_variants(tmp_path, capsys):
     assert res["base"]["seeds_ok"] == [0] and res["base"]["curve"]["epochs"] == [1]
     assert [p["epoch"] for p in se["curve"]] == [2]  # --val-every 2: validated after epoch 2 only
     assert "fine-tuned from a base" in res["title"]
+    # no baseline ('none') in the sweep: the variant is drawn alone, and the reports say so
+    assert [r[0] for r in _page(out / "explain" / "se@neck" / "report.html").rows[1:]] == ["se"]
+    assert "the sweep has no baseline ('none'): each variant is drawn alone" in (out / "results.md").read_text()
     rc, stdout, _ = _run(argv, capsys)
     assert rc == 0 and "skipped base/seed0" in stdout and "0 run(s) to train" in stdout
 
@@ -194,6 +310,7 @@ def test_base_stage_then_fine_tuned_variants(tmp_path, capsys):
         (["--base-epochs", "-1"], "--base-epochs"),
         (["--fetch-weights"], "goes with --ray"),
         (["--attn", "none,se,se"], "given twice"),
+        (["--explain", "-1"], "--explain must be 0"),
     ],
 )
 def test_bad_arguments_fail_before_training(tmp_path, capsys, extra, message):
@@ -211,7 +328,7 @@ def test_help_lists_options(capsys):
     text = capsys.readouterr().out
     for opt in ("--model", "--attn", "--at", "--data", "--epochs", "--base-epochs", "--val-every", "--imgsz", "--batch",
                 "--seeds", "--device", "--out", "--n-train", "--n-val", "--ray", "--cpus-per-run", "--fetch-weights",
-                "key=value"):
+                "--explain", "key=value"):
         assert opt in text
 
 
@@ -414,8 +531,10 @@ def test_ray_backend_matches_sequential_records_a_killed_task_and_resumes(first_
                 mb = ValMatches.load(out / "runs" / run / f"seed{seed}" / "matches.npz")
                 assert np.array_equal(ma.tp, mb.tp) and np.array_equal(ma.conf, mb.conf)
                 assert (out / "runs" / run / f"seed{seed}" / "train.log").is_file()  # (empty: conftest quiets YOLO)
-                assert not (out / "runs" / run / f"seed{seed}" / "train" / "weights").exists()  # no --fetch-weights
+                # without --fetch-weights only the weights --explain draws come back: seed 0's
+                assert (out / "runs" / run / f"seed{seed}" / "train" / "weights" / "last.pt").is_file() == (seed == 0)
         assert json.loads((out / "costs.json").read_text())["variants"][1]["latency_b1_ms"] > 0
+        assert "- **se** next to none:" in (out / "results.md").read_text()
 
         attempts = tmp_path / "attempts.txt"
         mod = tmp_path / "killing_attention.py"
@@ -439,6 +558,53 @@ def test_ray_backend_matches_sequential_records_a_killed_task_and_resumes(first_
         assert str(missing) in failed["error"]
     finally:
         ray.shutdown()
+
+
+def test_validation_images_from_folders_and_lists_picked_evenly(tmp_path):
+    """The images --explain draws: a data YAML's 'val' folders (recursive) and .txt lists, sorted, then N evenly
+    spaced from the first to the last; a missing 'val' entry is named."""
+    from yolo_attention.ablate.pictures import PicturesUnavailable, pick_images, val_images
+
+    root = tmp_path / "ds"
+    for rel in ("val/a/1.png", "val/a/sub/2.jpg", "val/a/notes.txt", "extra/3.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    (root / "more.txt").write_text("./extra/3.png\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: val/a\nval: [val/a, more.txt]\nnames: [x]\n")
+    files = val_images(data)
+    assert files == sorted([root / "val/a/1.png", root / "val/a/sub/2.jpg", root / "extra/3.png"])
+    assert pick_images(files, 2) == [files[0], files[2]] and pick_images(files, 3) == files
+    assert pick_images(files, 1) == [files[0]] and pick_images(files, 9) == files
+    data.write_text(f"path: {root}\ntrain: val/a\nval: val/missing\nnames: [x]\n")
+    with pytest.raises(PicturesUnavailable, match="images not found.*val/missing"):
+        val_images(data)
+
+
+def test_damaged_record_is_drawn_again_and_a_failing_pictures_step_is_a_note(tmp_path, monkeypatch, capsys):
+    """An unreadable explain.json means 'draw again', not a crash; an unexpected error anywhere in the pictures
+    step becomes a note in results.md (and a warning), never a failed sweep."""
+    from yolo_attention.ablate import cli, pictures
+    from yolo_attention.ablate.spec import parse_variants
+
+    se = parse_variants("se")[0]
+    folder = tmp_path / "explain" / se.dirname
+    folder.mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"")
+    for damaged in ("{not json", '{"identity": {}}', '{"identity": {}, "pictures": [3]}'):
+        (folder / pictures.RECORD).write_text(damaged)
+        assert pictures._kept(folder, {}, se, "se") is None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing broke")
+
+    monkeypatch.setattr(pictures, "draw_pictures", broken)
+    (tmp_path / "results.md").write_text("# Ablation\n")
+    pics = cli._pictures(tmp_path, None, {}, None, "data.yaml", 4)
+    assert pics.variants == [] and pics.notes == ["no pictures: RuntimeError: drawing broke"]
+    assert "- no pictures: RuntimeError: drawing broke" in (tmp_path / "results.md").read_text()
+    assert "warning: no pictures" in capsys.readouterr().err
+    assert cli._pictures(tmp_path, None, {}, None, "data.yaml", 0) is None  # --explain 0: not even called
 
 
 def test_presets_fill_what_the_user_left_out(tmp_path):

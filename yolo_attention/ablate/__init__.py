@@ -12,7 +12,9 @@ Parts:
 * ``matches.py`` + ``stats.py``: mAP from per-image matches, paired bootstrap over validation
   images combined with seed-to-seed variation: Δ with a 95% interval and a verdict;
 * ``costs.py``: every variant's cost in one process, interleaved and repeated;
-* ``report.py`` + ``plot.py``: table, CSV, Markdown, JSON and plot; ``cli.py``: the command.
+* ``report.py`` + ``plot.py``: table, CSV, Markdown, JSON and plot; ``pictures.py`` (``--explain``): each
+  variant's detections, CAMs and attention next to the baseline's; ``report_html.py``: ``report.html``
+  (everything in one file) and the pictures' links in ``results.md``; ``cli.py``: the command.
 
 Before any training every variant's model is built once and run on a dummy image, so a bad
 argument stops the command with exit code 2 and a message saying what to change.

@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "recorded as failed [%(default)s]")
     p.add_argument("--fetch-weights", action="store_true",
                    help="with --ray: bring every run's weights back to --out (the base stage's always come back)")
+    p.add_argument("--explain", type=int, default=None, metavar="N",
+                   help="after training, draw N validation images with each variant's detections, class activation "
+                        "map and attention next to the baseline's (OUT/explain/, linked from results.md and embedded "
+                        "in OUT/report.html); 0: no pictures. With --ray it brings back the first seed's weights "
+                        "[4 on the generated dataset, 0 with --data]")
     p.add_argument("train_args", nargs="*", metavar="key=value", help="passed to ultralytics' train")
     return p
 
@@ -225,6 +230,8 @@ def _check_numbers(a: argparse.Namespace) -> None:
         raise UsageError("--fetch-weights goes with --ray (local runs keep their weights in --out anyway)")
     if a.ray_retries < 0:
         raise UsageError(f"--ray-retries must be 0 or more, got {a.ray_retries}")
+    if a.explain is not None and a.explain < 0:
+        raise UsageError(f"--explain must be 0 (no pictures) or more, got {a.explain}")
 
 
 def prepare(a: argparse.Namespace) -> tuple[Sweep, Path]:
@@ -253,6 +260,10 @@ def prepare(a: argparse.Namespace) -> tuple[Sweep, Path]:
     check_variants(model, variants, data.nc, a.imgsz, gated=sweep.gated)
     out = Path(a.out).expanduser().resolve()
     _check_same_settings(out, sweep)
+    if a.explain is None:
+        from .pictures import default_images
+
+        a.explain = default_images(data.generated)
     return sweep, out
 
 
@@ -279,11 +290,13 @@ def _materialize_data(sweep: Sweep, out: Path) -> tuple[Sweep, str]:
     return replace(sweep, data=replace(sweep.data, digest=digest)), yaml_path
 
 
-def _backend(a: argparse.Namespace, store: Store, data_yaml: str, progress, ray_session):
+def _backend(a: argparse.Namespace, sweep: Sweep, store: Store, data_yaml: str, progress, ray_session):
     if ray_session is not None:
         from .backends.ray import RayBackend
+        from .pictures import explained_runs
 
-        return RayBackend(ray_session, store, progress, fetch_weights=a.fetch_weights)
+        return RayBackend(ray_session, store, progress, fetch_weights=a.fetch_weights,
+                          weights_of=explained_runs(sweep) if a.explain else frozenset())
     from .backends.local import LocalBackend
 
     return LocalBackend(store, data_yaml, progress)
@@ -324,7 +337,7 @@ def run(a: argparse.Namespace) -> int:
     from .progress import Progress
 
     progress = Progress(todo, ray_session.concurrency if ray_session else 1)
-    backend = _backend(a, store, data_yaml, progress, ray_session)
+    backend = _backend(a, sweep, store, data_yaml, progress, ray_session)
     print(f"{len(todo)} run(s) to train ({len(finished)} already finished): {sweep.model} + "
           f"[{', '.join(v.name for v in sweep.variants)}], seeds {list(sweep.seeds)}, {sweep.train.epochs} epochs"
           f"{f' after a {sweep.base.epochs}-epoch base' if sweep.base else ''}, imgsz {sweep.train.imgsz}, batch "
@@ -337,17 +350,43 @@ def run(a: argparse.Namespace) -> int:
         return 130
     finally:
         backend.close()
-    return _finish(out, sweep, results, store, costs, t0)
+    return _finish(out, sweep, results, store, costs, t0, data_yaml, a.explain)
 
 
-def _finish(out: Path, sweep: Sweep, results, store: Store, costs, t0: float) -> int:
+def _pictures(out: Path, sweep: Sweep, results, store: Store, data_yaml: str, n: int):
+    """``--explain``: pictures, their links in results.md; None if none were asked for."""
+    if not n:
+        return None
+    from .pictures import draw_pictures
+    from .report_html import append_pictures_markdown
+
+    try:
+        pics = draw_pictures(out, sweep, results, store, data_yaml, n)
+    except Exception as e:  # noqa: BLE001  (draw_pictures notes each variant's failure; this is a last guard)
+        from .pictures import Pictures
+
+        pics = Pictures(notes=[f"no pictures: {type(e).__name__}: {e}"])
+        print(f"yolo-attention ablate: warning: no pictures: {type(e).__name__}: {e}", file=sys.stderr)
+    append_pictures_markdown(out, pics)
+    return pics
+
+
+def _finish(out: Path, sweep: Sweep, results, store: Store, costs, t0: float, data_yaml: str, explain: int) -> int:
     from .report import text_table, write_reports
+    from .report_html import write_html
 
-    rows = write_reports(out, sweep, results, store, costs)
+    rows = write_reports(out, sweep, results, store, costs)  # the numbers first: they stand without the pictures
     print()
     print(text_table(rows, sweep.train.batch))
-    print(f"\ntotal wall time {fmt_time(time.time() - t0)}; reports: {out / 'results.md'}, {out / 'results.csv'}, "
-          f"{out / 'results.json'}, {out / 'results.png'}")
+    print()
+    try:
+        pics = _pictures(out, sweep, results, store, data_yaml, explain)
+    except KeyboardInterrupt:
+        print("\ninterrupted while drawing the pictures: re-run the same command to finish them", file=sys.stderr)
+        return 130
+    write_html(out, sweep, rows, results, costs, pics)
+    print(f"\ntotal wall time {fmt_time(time.time() - t0)}; reports: {out / 'report.html'}, {out / 'results.md'}, "
+          f"{out / 'results.csv'}, {out / 'results.json'}, {out / 'results.png'}")
     failed = [r.label for r in rows if r.status != "ok"]
     if failed:
         print(f"yolo-attention ablate: {len(failed)} variant(s) failed or partly failed: {', '.join(failed)} "

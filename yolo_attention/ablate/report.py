@@ -16,7 +16,8 @@ from .spec import Variant
 from .stats import BOOT_FILE, BOOT_SEED, N_BOOT, Comparison, Replicates, RunScores, compare
 from .sweep import Store, Sweep
 
-__all__ = ["Row", "analyse", "write_reports", "text_table", "markdown_table"]
+__all__ = ["Row", "analyse", "write_reports", "text_table", "markdown_table", "table_cells", "report_title",
+           "report_notes", "base_summary", "base_sentence"]
 
 COST_KEYS = ("params", "gflops", "latency_b1_ms", "latency_batch_ms", "train_images_per_s", "train_peak_mem_mb")
 
@@ -232,21 +233,21 @@ CSV_FIELDS = [
 ]
 
 
-def _table(rows: list[Row], batch: int) -> tuple[list[str], list[list[str]]]:
+def table_cells(rows: list[Row], batch: int) -> tuple[list[str], list[list[str]]]:
     head = [h.replace("bN", f"b{batch}") for h, _ in COLUMNS]
     body = [[fn(r) if r.status != "failed" or h in ("variant", "verdict") else "-" for h, fn in COLUMNS] for r in rows]
     return head, body
 
 
 def markdown_table(rows: list[Row], batch: int) -> str:
-    head, body = _table(rows, batch)
+    head, body = table_cells(rows, batch)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
     return "\n".join(lines)
 
 
 def text_table(rows: list[Row], batch: int) -> str:
-    head, body = _table(rows, batch)
+    head, body = table_cells(rows, batch)
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     widths[-1] = 0
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
@@ -260,7 +261,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
-def _title(sweep: Sweep) -> str:
+def report_title(sweep: Sweep) -> str:
     t = sweep.train
     start = (f"fine-tuned from a base trained {_count(sweep.base.epochs, 'epoch')} per seed" if sweep.base
              else "from the checkpoint" if sweep.gated else "from scratch")
@@ -268,7 +269,7 @@ def _title(sweep: Sweep) -> str:
             f"{_count(t.epochs, 'epoch')} {start}, batch {t.batch}, {_count(len(sweep.seeds), 'seed')}, {sweep.device}")
 
 
-def _notes(sweep: Sweep, costs: CostReport | None) -> list[str]:
+def report_notes(sweep: Sweep, costs: CostReport | None) -> list[str]:
     from .costs import LATENCY_RUNS_B1, LATENCY_RUNS_BATCH, TRAIN_STEPS
 
     notes = [
@@ -292,7 +293,7 @@ def _notes(sweep: Sweep, costs: CostReport | None) -> list[str]:
     return notes
 
 
-def _base_summary(sweep: Sweep, results: dict[str, RunResult]) -> dict | None:
+def base_summary(sweep: Sweep, results: dict[str, RunResult]) -> dict | None:
     if sweep.base is None:
         return None
     runs = [results[r.run_id] for r in sweep.plan() if r.stage.name == "base" and r.run_id in results]
@@ -302,6 +303,14 @@ def _base_summary(sweep: Sweep, results: dict[str, RunResult]) -> dict | None:
     return {"stage": sweep.base.to_dict(), "seeds_ok": [r.seed for r in ok],
             "seeds_failed": [r.seed for r in runs if not r.ok], "map50_95": mean, "map50_95_sd": sd,
             "curve": curve.to_dict() if curve else None}
+
+
+def base_sentence(sweep: Sweep, base: dict | None) -> str:
+    """The base stage's line of the reports ('' without a base stage or when every base run failed)."""
+    if not base or base["map50_95"] is None:
+        return ""
+    return (f"Base stage (trained once per seed, then every variant fine-tuned from it): mAP50-95 "
+            f"{_map_cell(base['map50_95'], base['map50_95_sd'])} after {_count(sweep.base.epochs, 'epoch')}.")
 
 
 def _write_csvs(out: Path, rows: list[Row], sweep: Sweep, results: dict[str, RunResult]) -> None:
@@ -325,14 +334,13 @@ def _write_csvs(out: Path, rows: list[Row], sweep: Sweep, results: dict[str, Run
 def write_reports(out: Path, sweep: Sweep, results: dict[str, RunResult], store: Store,
                   costs: CostReport | None) -> list[Row]:
     rows = analyse(sweep, results, store, costs)
-    title = _title(sweep)
-    base = _base_summary(sweep, results)
+    title = report_title(sweep)
+    base = base_summary(sweep, results)
     _write_csvs(out, rows, sweep, results)
     md = [f"# Ablation: {title}", "", markdown_table(rows, sweep.train.batch), ""]
-    if base and base["map50_95"] is not None:
-        md += [f"Base stage (trained once per seed, then every variant fine-tuned from it): mAP50-95 "
-               f"{_map_cell(base['map50_95'], base['map50_95_sd'])} after {_count(sweep.base.epochs, 'epoch')}.", ""]
-    md += _notes(sweep, costs) + [""]
+    if base_sentence(sweep, base):
+        md += [base_sentence(sweep, base), ""]
+    md += report_notes(sweep, costs) + [""]
     (out / "results.md").write_text("\n".join(md))
     write_json(out / "results.json", {
         "config": sweep.to_dict(), "title": title, "base": base, "variants": [r.to_json() for r in rows],

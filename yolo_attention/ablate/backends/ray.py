@@ -5,7 +5,8 @@ object store) and the source of ``--import`` files; it regenerates the generated
 its node and checks it by its files hash (a user's data YAML must be readable there: the task
 fails naming the node otherwise); it runs the same worker process as the local backend in a
 temporary folder and returns its result, log, per-epoch metrics and per-image matches (and the
-weights, always for the base stage) as bytes, which the driver writes under ``--out``.
+weights: always for the base stage, for the runs ``--explain`` draws, and every run's with
+``--fetch-weights``) as bytes, which the driver writes under ``--out``.
 
 Failures follow the local backend: a run that fails is recorded and the others go on; a task
 whose worker or node dies is retried by Ray (``max_retries``), then recorded as failed.
@@ -198,7 +199,8 @@ def _run_cost_task(spec_dict: dict, sources: dict[str, str], gpu: bool, driver_v
 class RayBackend:
     """Submits runs as Ray tasks; ``next_result`` returns whichever finishes first."""
 
-    def __init__(self, session: RaySession, store: Store, progress: Progress, fetch_weights: bool = False):
+    def __init__(self, session: RaySession, store: Store, progress: Progress, fetch_weights: bool = False,
+                 weights_of: frozenset[str] = frozenset()):
         import ray
 
         import yolo_attention
@@ -206,6 +208,7 @@ class RayBackend:
         self.ray, self.session, self.store, self.progress = ray, session, store, progress
         self.concurrency = session.concurrency
         self.fetch_weights = fetch_weights
+        self.weights_of = weights_of  # run ids whose weights come back anyway (the ones --explain draws)
         self.version = yolo_attention.__version__
         resources = dict(num_gpus=1, num_cpus=session.num_cpus) if session.gpu else dict(num_cpus=session.num_cpus)
         self._train = ray.remote(_run_train_task).options(max_retries=session.retries, **resources)
@@ -233,7 +236,8 @@ class RayBackend:
         return self._weights[path]
 
     def submit(self, spec: RunSpec, parent_weights: Path | None) -> None:
-        want = self.fetch_weights or spec.stage.name == "base"  # children need the base weights, resume too
+        # children need the base weights (resume too); --explain draws the runs of weights_of
+        want = self.fetch_weights or spec.stage.name == "base" or spec.run_id in self.weights_of
         ref = self._train.remote(spec.to_dict(), self._weights_ref(parent_weights), self._sources_of(spec.imports),
                                  want, self.session.gpu, self.version)
         self._in_flight[ref] = (spec, time.time())
