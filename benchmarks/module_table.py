@@ -71,13 +71,20 @@ def _timer(module: torch.nn.Module, x: torch.Tensor, train: bool):
     return step
 
 
+MIN_SAMPLE_S = 0.02  # a timed sample loops a call until it lasts this long: SE's forward alone is ~0.1 ms
+
+
 def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
+    """Median over ``repeats`` samples of the time of one call (ms); each sample averages enough calls."""
+    t0 = time.perf_counter()
+    fn()  # warm-up, and the loop count of a sample
+    loops = max(1, round(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for _ in range(loops):
+            fn()
+        times.append((time.perf_counter() - t0) / loops)
     return statistics.median(times) * 1e3
 
 
@@ -109,8 +116,12 @@ def measure(names: list[str], rounds: int, repeats: int, seed: int = 0) -> list[
     return rows
 
 
-def _arxiv_link(citation: str, arxiv: str | None) -> str:
-    return f"[{arxiv}](https://arxiv.org/abs/{arxiv})" if arxiv else citation
+def _ratio(median: float, span: tuple[float, float]) -> str:
+    return f"{median:.2f}x ({span[0]:.2g}-{span[1]:.2g})"
+
+
+def _arxiv_link(arxiv: str | None) -> str:
+    return f"[{arxiv}](https://arxiv.org/abs/{arxiv})" if arxiv else "none"
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
@@ -118,15 +129,16 @@ def markdown(rows: list[Row], meta: dict) -> str:
         f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, {meta['threads']} torch "
         f"thread(s), {meta['rounds']} interleaved rounds of {meta['repeats']} runs, git {meta['git']}.",
         "",
-        "| name | YAML name | kind | paper | arXiv | params (C=256) | MFLOPs (256x40x40) | CPU time vs SE, forward | "
-        "CPU time vs SE, train step |",
+        "| name | YAML name | kind | paper | arXiv | params (C=256) | MFLOPs (256x40x40) | CPU time vs SE, forward (range) | "
+        "CPU time vs SE, train step (range) |",
         "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         info = yolo_attention.get_attention_info(r.name)
         lines.append(
-            f"| `{r.name}` | `{r.yaml_name}` | {r.kind} | {r.paper} | {_arxiv_link(r.citation, info.arxiv)} | "
-            f"{r.params:,} | {r.mflops:,.1f} | {r.fwd_ratio:.2f}x | {r.train_ratio:.2f}x |"
+            f"| `{r.name}` | `{r.yaml_name}` | {r.kind} | {r.paper} | {_arxiv_link(info.arxiv)} | "
+            f"{r.params:,} | {r.mflops:,.1f} | {_ratio(r.fwd_ratio, r.fwd_ratio_range)} | "
+            f"{_ratio(r.train_ratio, r.train_ratio_range)} |"
         )
     return "\n".join(lines) + "\n"
 
