@@ -155,3 +155,30 @@ def reference_batch_norm(t: torch.Tensor, bn: nn.BatchNorm2d, training: bool) ->
         mean, var = bn.running_mean, bn.running_var
     t = (t - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
     return t * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+
+
+# ------------------------------------------------------------------ modules grouped at the neck (covering design)
+NECK_PLACES = 3  # a detector's neck has three outputs (P3, P4, P5) feeding its head
+
+
+def neck_groups(names: list[str], k: int = NECK_PLACES) -> list[tuple[str, ...]]:
+    """``names`` in groups of up to ``k``: one detector built per group covers every module of it."""
+    return [tuple(names[i:i + k]) for i in range(0, len(names), k)]
+
+
+def neck_mix_yaml(model: str, names: tuple[str, ...], out_dir, fmt: str = "ultralytics"):
+    """A model YAML with ``names[i]`` after the i-th neck output (P3, P4, P5), built by ``make_yaml``.
+
+    Inserted from the last place to the first, so that the original layer indices of the places not
+    yet used stay valid. Returns the path of the last YAML written."""
+    from pathlib import Path
+
+    from yolo_attention.integrations.yaml_gen import insertion_points, load_classic_yaml, load_model_yaml, make_yaml
+
+    d, _ = load_classic_yaml(model) if fmt == "classic" else load_model_yaml(model)
+    points = insertion_points(d, "neck")
+    assert len(names) <= len(points), f"{len(names)} modules for {len(points)} neck places"
+    path = model
+    for p, name in sorted(zip(points, names), reverse=True):
+        path = make_yaml(path, name, [p], out=Path(out_dir) / f"{Path(str(path)).stem}-{name}.yaml", format=fmt)
+    return path

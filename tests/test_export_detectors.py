@@ -1,7 +1,9 @@
 """Export parity as users deploy: every registered module inside yolov8n, through ``model.export``.
 
-For each module in the registry (read at collection time) yolov8n is built with the module at
-the neck, exported by ultralytics to TorchScript, ONNX and OpenVINO with ``dynamic=True``, loaded
+The modules of the registry (read at collection time) are taken three at a time, one after each
+of yolov8n's neck outputs (P3, P4, P5; a covering design: every module is exported inside yolov8n
+in every format, for a third of the exports). Each such yolov8n is exported by ultralytics to
+TorchScript, ONNX and OpenVINO with ``dynamic=True``, loaded
 back with ultralytics' own runtime for the format (``AutoBackend``, what ``YOLO(exported)``
 predicts and validates with) and compared with the PyTorch model on the same input: at the
 export size, and at a second size with another batch and both sides changed.
@@ -30,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import BUILTIN_NAMES, _registry_does_not_leak, activate  # noqa: F401
+from _helpers import BUILTIN_NAMES, _registry_does_not_leak, activate, neck_groups, neck_mix_yaml  # noqa: F401
 from yolo_attention.registry import create_attention, get_attention_info
 
 pytestmark = pytest.mark.slow
@@ -40,6 +42,7 @@ IMGSZ = 64
 SIZES = [(1, IMGSZ, IMGSZ), (2, 96, 128)]  # (batch, H, W): the export size, then another batch and both sides
 BOX_ATOL_PER_PX = 2e-6  # box tolerance per pixel of the largest reference coordinate
 SCORE_ATOL = 1e-5
+GROUPS = neck_groups(BUILTIN_NAMES)
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,16 @@ FORMATS = {
 }
 
 
-def _model_with(attn: str, tmp_path):
+def _model_with(names: tuple[str, ...], tmp_path):
+    """yolov8n with ``names[i]`` after the i-th neck output, every one of them activated."""
     from ultralytics import YOLO
 
-    from yolo_attention.integrations.yaml_gen import make_attention_yaml
-
-    model = YOLO(str(make_attention_yaml("yolov8n", attn, "neck", out=tmp_path / f"yolov8n-{attn}-neck.yaml")))
-    cls = get_attention_info(attn).cls
-    layers = [m for m in model.model.modules() if type(m) is cls]
-    assert len(layers) == 3
-    for m in layers:  # zero-initialised projections and gates would hide the module from the comparison
-        activate(m)
+    model = YOLO(str(neck_mix_yaml("yolov8n", names, tmp_path)))
+    for name in names:
+        cls = get_attention_info(name).cls
+        layers = [m for m in model.model.modules() if type(m) is cls]
+        assert len(layers) == 1, f"{len(layers)} {name} layers, expected 1"
+        activate(layers[0])  # zero-initialised projections and gates would hide the module from the comparison
     return model
 
 
@@ -136,15 +138,15 @@ def _export(model, fmt: str, **kwargs) -> str:
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize("attn", BUILTIN_NAMES)
-def test_exported_yolov8n_matches_pytorch(attn, fmt, tmp_path, monkeypatch):
+@pytest.mark.parametrize("names", GROUPS, ids="+".join)
+def test_exported_yolov8n_matches_pytorch(names, fmt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # ultralytics writes exports beside the YAML's bare name, i.e. in the cwd
     spec = FORMATS[fmt]
     for package in spec.requires:
         pytest.importorskip(package)
-    model = _model_with(attn, tmp_path)
+    model = _model_with(names, tmp_path)
     runtime = _runtime(_export(model, fmt, dynamic=True, device="cpu", **spec.kwargs), fmt)
-    _compare(f"{attn} {fmt}", model, lambda x: _as_array(runtime(x)), SIZES, BOX_ATOL_PER_PX, SCORE_ATOL)
+    _compare(f"{'+'.join(names)} {fmt}", model, lambda x: _as_array(runtime(x)), SIZES, BOX_ATOL_PER_PX, SCORE_ATOL)
 
 
 def test_static_onnx_for_tensorrt_has_constant_topk():
@@ -181,32 +183,32 @@ TF32_BOX_ATOL_PER_PX, TF32_SCORE_ATOL = 5e-3, 5e-3
 
 
 @needs_cuda
-@pytest.mark.parametrize("attn", BUILTIN_NAMES)
-def test_onnxruntime_cuda_matches_pytorch(attn, tmp_path, monkeypatch):
+@pytest.mark.parametrize("names", GROUPS, ids="+".join)
+def test_onnxruntime_cuda_matches_pytorch(names, tmp_path, monkeypatch):
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime without CUDAExecutionProvider (install onnxruntime-gpu)")
     monkeypatch.chdir(tmp_path)
-    model = _model_with(attn, tmp_path)
+    model = _model_with(names, tmp_path)
     path = _export(model, "onnx", dynamic=True, device="cpu", simplify=False)
     sess = ort.InferenceSession(path, providers=[("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"])
     assert sess.get_providers()[0] == "CUDAExecutionProvider"
     name = sess.get_inputs()[0].name
-    _compare(f"{attn} onnxruntime-cuda", model, lambda x: sess.run(None, {name: x.numpy()})[0], SIZES,
+    _compare(f"{'+'.join(names)} onnxruntime-cuda", model, lambda x: sess.run(None, {name: x.numpy()})[0], SIZES,
              GPU_FP32_BOX_ATOL_PER_PX, GPU_FP32_SCORE_ATOL)
 
 
 @needs_cuda
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("attn", BUILTIN_NAMES)
-def test_tensorrt_engine_matches_pytorch(attn, dynamic, tmp_path, monkeypatch):
+@pytest.mark.parametrize("names", GROUPS, ids="+".join)
+def test_tensorrt_engine_matches_pytorch(names, dynamic, tmp_path, monkeypatch):
     pytest.importorskip("tensorrt")
     from ultralytics.nn.autobackend import AutoBackend
 
     monkeypatch.chdir(tmp_path)
-    model = _model_with(attn, tmp_path)
+    model = _model_with(names, tmp_path)
     kwargs = {"batch": 2} if dynamic else {}  # a dynamic engine needs its largest batch
     path = _export(model, "engine", dynamic=dynamic, device=0, **kwargs)  # float32 engine: the default
     runtime = AutoBackend(path, device=torch.device("cuda:0"), verbose=False)
-    _compare(f"{attn} tensorrt", model, lambda x: _as_array(runtime(x.cuda())), SIZES if dynamic else SIZES[:1],
+    _compare(f"{'+'.join(names)} tensorrt", model, lambda x: _as_array(runtime(x.cuda())), SIZES if dynamic else SIZES[:1],
              TF32_BOX_ATOL_PER_PX, TF32_SCORE_ATOL)
