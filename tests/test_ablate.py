@@ -619,11 +619,13 @@ def test_presets_fill_what_the_user_left_out(tmp_path):
 
     g = sweep()
     assert (g.base.epochs, g.train.epochs, g.train.imgsz, g.train.batch) == (4, 2, 128, 8)
-    assert g.train.train_args["fraction"] == 250 and "fraction" not in g.base.train_args and g.gated
+    assert g.train.train_args["fraction"] == 200 and "fraction" not in g.base.train_args and g.gated
     assert g.data.synthetic["min_size"] == 0.15 and g.data.synthetic["n_train"] == DEFAULTS.n_train
+    assert g.threads == os.cpu_count()  # one local run at a time on the CPU: every core (ultralytics leaves one idle)
     scratch = sweep("--base-epochs", "0", "--imgsz", "64", "lr0=0.01")
     assert scratch.base is None and not scratch.gated and "fraction" not in scratch.train.train_args
     assert scratch.train.train_args["lr0"] == 0.01 and scratch.train.imgsz == 64
+    assert sweep("--cpus-per-run", "1").threads == 1
     data = tmp_path / "d.yaml"
     data.write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames: [a, b]\n")
     u = sweep("--data", str(data))

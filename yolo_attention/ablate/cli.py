@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -20,11 +21,11 @@ __all__ = ["main", "build_parser", "DEFAULTS", "Defaults", "Preset"]
 # step per batch (nbs = batch) and fresh images instead of jitter learn fastest per CPU second.
 _GENERATED_SCRATCH = dict(optimizer="AdamW", lr0=0.001, nbs=8, warmup_epochs=0.4, warmup_bias_lr=0.0, mosaic=0.0,
                           hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0)
-# Fine-tuning from the base stage: half the learning rate, no warm-up, 250 images an epoch (ultralytics'
+# Fine-tuning from the base stage: half the learning rate, no warm-up, 200 images an epoch (ultralytics'
 # ``fraction`` as an image count), so that five variants fine-tune in about the time of one base epoch.
-_GENERATED_FINETUNE = {**_GENERATED_SCRATCH, "lr0": 5e-4, "warmup_epochs": 0.0, "fraction": 250}
+_GENERATED_FINETUNE = {**_GENERATED_SCRATCH, "lr0": 5e-4, "warmup_epochs": 0.0, "fraction": 200}
 # The default dataset: 4 of the generator's classes, objects 15-45 % of the side, light clutter and at most 5
-# objects an image, so that yolov8n trained for four epochs on 2000 images reaches mAP50-95 ~0.35.
+# objects an image, so that yolov8n trained for four epochs on 1800 images reaches mAP50-95 ~0.35.
 _DEFAULT_DATA = dict(classes="circle,square,triangle,star", clutter=0.25, max_objects=5, min_size=0.15)
 
 
@@ -53,7 +54,7 @@ class Defaults:
     val_every: int = 1  # validation (learning curves) every N epochs
     seeds: int = 1
     device: str = "cpu"
-    n_train: int = 2000
+    n_train: int = 1800
     n_val: int = 160
     out: str = "runs/ablate"
     data: dict = field(default_factory=lambda: dict(_DEFAULT_DATA))
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the runs as Ray tasks: on a new local Ray instance, or on a cluster (auto, "
                         "ray://host:10001, host:6379); needs the 'ray' extra. See docs/ablate-ray.md")
     p.add_argument("--cpus-per-run", type=int, default=None, metavar="N",
-                   help="CPU threads of each run (with --ray: the CPUs each CPU task asks for, default 1)")
+                   help="CPU threads of each run [every core for local runs on the CPU; with --ray: the CPUs each "
+                        "CPU task asks for, 1]")
     p.add_argument("--ray-retries", type=int, default=2, metavar="N",
                    help="with --ray: times Ray re-runs a task whose worker process or node died, before it is "
                         "recorded as failed [%(default)s]")
@@ -207,6 +209,16 @@ def _data_spec(a: argparse.Namespace) -> DataSpec:
                     desc=f"generated dataset ({a.n_train} train / {a.n_val} val images, classes {classes})")
 
 
+def _threads(a: argparse.Namespace) -> int | None:
+    """CPU threads of a run. Local runs on the CPU run one at a time, so each gets every core (ultralytics'
+    select_device would leave it cpu_count - 1: one thread on two cores); a Ray task gets what it asks for."""
+    if a.ray is not None:
+        return a.cpus_per_run or 1
+    if a.cpus_per_run is None and str(a.device).lower() == "cpu":
+        return os.cpu_count() or 1
+    return a.cpus_per_run
+
+
 def _apply_preset(a: argparse.Namespace) -> Preset:
     """Fill the training options left out from the preset of the data: generated, or the user's ``--data``."""
     preset = DEFAULTS.generated if a.data is None else DEFAULTS.user_data
@@ -255,7 +267,7 @@ def prepare(a: argparse.Namespace) -> tuple[Sweep, Path]:
     sweep = Sweep(
         model=model, variants=tuple(variants), seeds=tuple(range(a.seeds)), data=data,
         train=Stage("train", a.epochs, a.imgsz, a.batch, train_args, a.val_every), base=base,
-        device=str(a.device), threads=a.cpus_per_run if a.ray is None else (a.cpus_per_run or 1),
+        device=str(a.device), threads=_threads(a),
         imports=tuple(str(Path(i).resolve()) if i.endswith(".py") else i for i in a.imports), places=tuple(a.at))
     check_variants(model, variants, data.nc, a.imgsz, gated=sweep.gated)
     out = Path(a.out).expanduser().resolve()
